@@ -1,0 +1,1 @@
+"""Runnable example workflows; their python handlers import as ``examples.<module>:<function>``."""

@@ -1,0 +1,436 @@
+"""The `flowq` command (SPEC section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flowq import states as S
+from flowq.errors import FlowqError, InvalidTransition, NotFound, ValidationError, WaitTimeout
+from flowq.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+STATE_MARK = {
+    "queued": "…",
+    "running": "▶",
+    "retrying": "↻",
+    "succeeded": "✓",
+    "failed": "✗",
+    "skipped": "-",
+    "upstream_failed": "✗",
+    "cancelled": "■",
+    "pending": " ",
+}
+
+
+class UsageError(FlowqError):
+    """Bad command-line input: exit code 2."""
+
+
+def parse_vars(pairs: Sequence[str], vars_file: str | None) -> dict[str, Any]:
+    """``--vars-file`` then each ``--var K=V`` (V parsed as JSON when it parses)."""
+    values: dict[str, Any] = {}
+    if vars_file:
+        try:
+            loaded = yaml.safe_load(Path(vars_file).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise UsageError(f"--vars-file {vars_file}: {' '.join(str(exc).split())}") from exc
+        if not isinstance(loaded, dict):
+            raise UsageError(f"--vars-file {vars_file}: must hold a mapping of names to values")
+        values.update(loaded)
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--var {pair!r}: expected KEY=VALUE")
+        try:
+            values[key.strip()] = json.loads(raw)
+        except ValueError:
+            values[key.strip()] = raw
+    return values
+
+
+def _print_json(doc: Any) -> None:
+    print(json.dumps(doc, indent=2, default=str))
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    print(f"execution {doc['execution_id']}  {doc['workflow_id']}@{doc['version']}  {doc['state']}")
+    if doc.get("error"):
+        print(f"  error: {doc['error']}")
+    width = max((len(k) for k in doc["tasks"]), default=4)
+    for tid, task in doc["tasks"].items():
+        line = f"  {STATE_MARK.get(task['state'], '?')} {tid:<{width}}  {task['state']:<15}"
+        line += f" attempts={task['attempts']}"
+        if task.get("error"):
+            line += f"  {task['error']}"
+        print(line)
+
+
+# -- commands -------------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    from flowq.definition import validate_file
+
+    code = EXIT_OK
+    for path in args.files:
+        problems = validate_file(path)
+        if problems:
+            code = EXIT_USAGE
+            for problem in problems:
+                print(problem, file=sys.stderr)
+        else:
+            print(f"{path}: ok")
+    return code
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from flowq.compiler import compile_workflow
+    from flowq.definition import Workflow
+
+    plan = compile_workflow(Workflow.from_file(args.file))
+    if args.json:
+        _print_json(plan.to_dict())
+    else:
+        print(plan.render())
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from flowq.client import Client
+    from flowq.definition import Workflow
+
+    wf = Workflow.from_file(args.file)
+    values = parse_vars(args.var, args.vars_file)
+    settings = replace(Settings.from_env(), broker_url=None, result_backend=None)
+    with Client(settings, concurrency=args.concurrency) as client:
+        client.register(wf, replace=True)
+        started = time.monotonic()
+        eid = client.start(wf.id, values, version=wf.version, priority=args.priority)
+        if not args.json:
+            print(f"execution {eid} of {wf.id}@{wf.version} started")
+        doc = _follow(client, eid, started, quiet=args.json)
+    if args.json:
+        _print_json(doc)
+    else:
+        _print_status(doc)
+    return EXIT_OK if doc["state"] == S.COMPLETED else EXIT_FAILED
+
+
+def _follow(client: Any, eid: str, started: float, quiet: bool) -> dict[str, Any]:
+    """Print each task transition as it is recorded, until the execution ends."""
+    last = 0
+    while True:
+        for event in client.history(eid):
+            if event["id"] <= last:
+                continue
+            last = event["id"]
+            if quiet or event["task_id"] is None:
+                continue
+            mark = STATE_MARK.get(event["to"], "?")
+            reason = (
+                f"  ({event['reason']})" if event["to"] in ("retrying", "failed", "skipped") else ""
+            )
+            print(
+                f"[{time.monotonic() - started:7.2f}s] {mark} {event['task_id']} "
+                f"{event['to']}{reason}",
+                flush=True,
+            )
+        doc: dict[str, Any] = client.status(eid)
+        if doc["state"] in S.EXECUTION_ENDED:
+            return doc
+        time.sleep(0.05)
+
+
+def _client() -> Any:
+    from flowq.client import Client
+
+    return Client.from_env()
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    from flowq.definition import Workflow
+
+    workflows = [Workflow.from_file(path) for path in args.files]
+    with _client() as client:
+        for path, wf in zip(args.files, workflows, strict=True):
+            changed = client.register(wf, replace=args.replace)
+            print(f"{path}: registered {wf.id}@{wf.version}" + ("" if changed else " (unchanged)"))
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    workflow_id, _, version_text = args.workflow.partition("@")
+    version = None
+    if version_text:
+        if not version_text.isdigit():
+            raise UsageError(f"{args.workflow}: version must be a number, as in {workflow_id}@2")
+        version = int(version_text)
+    values = parse_vars(args.var, args.vars_file)
+    with _client() as client:
+        eid = client.start(
+            workflow_id,
+            values,
+            version=version,
+            priority=args.priority,
+            idempotency_key=args.idempotency_key,
+        )
+        if not args.wait:
+            if args.json:
+                _print_json(client.status(eid))
+            else:
+                print(eid)
+            return EXIT_OK
+        doc = client.wait(eid, timeout=args.timeout)
+    if args.json:
+        _print_json(doc)
+    else:
+        _print_status(doc)
+    return EXIT_OK if doc["state"] == S.COMPLETED else EXIT_FAILED
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client() as client:
+        doc = client.status(args.id)
+    _print_json(doc) if args.json else _print_status(doc)
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    with _client() as client:
+        events = client.history(args.id)
+    if args.json:
+        _print_json(events)
+        return EXIT_OK
+    for e in events:
+        who = e["task_id"] or "(execution)"
+        print(f"{e['at']}  {who:<24} {e['from'] or '-':>15} -> {e['to']:<15} {e['reason'] or ''}")
+    return EXIT_OK
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _client() as client:
+        rows = client.list(state=args.state, workflow_id=args.workflow, limit=args.limit)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    for r in rows:
+        done = r["tasks_total"] - r["tasks_remaining"]
+        print(
+            f"{r['execution_id']}  {r['workflow_id']}@{r['version']}  {r['state']:<10} "
+            f"{done}/{r['tasks_total']}  {r['created_at']}"
+        )
+    return EXIT_OK
+
+
+def _control(action: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        with _client() as client:
+            doc = getattr(client, action)(args.id)
+        _print_json(doc) if args.json else print(f"{args.id}: {doc['state']}")
+        return EXIT_OK
+
+    return run
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from workers.app import create_app
+
+    settings = Settings.from_env()
+    if settings.embedded:
+        raise UsageError(
+            "flowq worker needs a broker: set FLOWQ_BROKER_URL, e.g. redis://127.0.0.1:6379/0"
+        )
+    app = create_app(settings)
+    argv = [
+        "worker",
+        f"--concurrency={args.concurrency}",
+        f"--queues={args.queues}",
+        f"--loglevel={args.loglevel}",
+    ]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    if args.pool:
+        argv.append(f"--pool={args.pool}")
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+def cmd_flower(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    if settings.embedded:
+        raise UsageError("flowq flower needs a broker: set FLOWQ_BROKER_URL")
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-b",
+        settings.effective_broker_url,
+        "flower",
+        f"--port={args.port}",
+    ]
+    os.execv(sys.executable, argv)
+    return EXIT_OK  # pragma: no cover
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from flowq.store import Store
+
+    store = Store(Settings.from_env().database_url)
+    store.upgrade()
+    print(f"state tables are up to date in {store.engine.url.render_as_string()}")
+    store.dispose()
+    return EXIT_OK
+
+
+# -- parser ---------------------------------------------------------------------------------------
+def _add_vars(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--var",
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="a variable; V is parsed as JSON when it parses",
+    )
+    p.add_argument("--vars-file", metavar="F", help="YAML or JSON file of variables")
+
+
+def _priority(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 9:
+        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 9, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `flowq` command."""
+    parser = argparse.ArgumentParser(prog="flowq", description="Workflows on Celery.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check definitions")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("plan", help="print the compiled Celery canvas")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_plan)
+
+    p = sub.add_parser("run", help="run one execution to its end, embedded (no servers)")
+    p.add_argument("file", metavar="FILE")
+    _add_vars(p)
+    p.add_argument("--json", action="store_true", help="print only the status document")
+    p.add_argument("--priority", type=_priority, default=None)
+    p.add_argument("-c", "--concurrency", type=int, default=8, help="tasks run at once")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("register", help="store definitions")
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="overwrite an id@version already stored with another body",
+    )
+    p.set_defaults(fn=cmd_register)
+
+    p = sub.add_parser("start", help="start an execution of a registered workflow")
+    p.add_argument("workflow", metavar="WORKFLOW[@VERSION]")
+    _add_vars(p)
+    p.add_argument("--priority", type=_priority, default=None)
+    p.add_argument("--idempotency-key", default=None)
+    p.add_argument("--wait", action="store_true", help="wait for the end and print the status")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to --wait at most")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_start)
+
+    for name, fn, text in (
+        ("status", cmd_status, "the status document"),
+        ("history", cmd_history, "every state change"),
+    ):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("list", help="executions, newest first")
+    p.add_argument("--state", choices=S.EXECUTION_STATES)
+    p.add_argument("--workflow")
+    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_list)
+
+    for action in ("pause", "resume", "cancel", "retry"):
+        p = sub.add_parser(action, help=f"{action} an execution")
+        p.add_argument("id", metavar="ID")
+        p.add_argument("--json", action="store_true")
+        p.set_defaults(fn=_control(action))
+
+    p = sub.add_parser("worker", help="a Celery worker for flowq tasks")
+    p.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 2)
+    p.add_argument("-Q", "--queues", default="flowq", help="comma-separated queue names")
+    p.add_argument("-n", "--hostname", default=None)
+    p.add_argument("-P", "--pool", default=None, help="Celery pool (prefork, threads, solo)")
+    p.add_argument("-l", "--loglevel", default="INFO")
+    p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("flower", help="Flower on the same broker")
+    p.add_argument("--port", type=int, default=5555)
+    p.set_defaults(fn=cmd_flower)
+
+    p = sub.add_parser("db", help="state store administration")
+    db = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    up = db.add_parser("upgrade", help="create or migrate the state tables")
+    up.set_defaults(fn=cmd_db)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run a command, map errors to one line and an exit code."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # handlers like `examples.orders:fn` resolve here
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.fn(args)
+        return code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        code = _exit_code(exc)
+        for line in _error_lines(exc):
+            print(f"flowq: {line}" if code != EXIT_USAGE else line, file=sys.stderr)
+        return code
+
+
+def _exit_code(exc: BaseException) -> int:
+    if isinstance(exc, UsageError | ValidationError):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _error_lines(exc: BaseException) -> list[str]:
+    if isinstance(exc, ValidationError):
+        return exc.problems
+    if isinstance(exc, InvalidTransition | NotFound | WaitTimeout | FlowqError):
+        return [str(exc)]
+    text = " ".join(str(exc).split())
+    return [f"{type(exc).__name__}: {text}" if text else type(exc).__name__]
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,560 @@
+"""The coordinator: start executions, advance them as tasks end, pause/resume/cancel/retry.
+
+Every method is one store transaction made of compare-and-set updates; messages for the tasks
+that became ready are handed to the dispatcher only after that transaction commits. Each message
+carries one task, so no message grows with the workflow. Fan-ins are driven by per-task
+dependency counters in the store: the transaction that counts the last upstream end decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from flowq import rules
+from flowq import states as S
+from flowq.definition import Task, Workflow
+from flowq.errors import FlowqError, InvalidTransition, ValidationError
+from flowq.store import Store, Tx
+from flowq.store import tables as t
+from flowq.templates import evaluate
+
+log = logging.getLogger("flowq.coordinator")
+
+DEFAULT_PRIORITY = 5
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """One message to publish: run ``task_id`` of ``execution_id``."""
+
+    execution_id: str
+    task_id: str
+    workflow_id: str
+    version: int
+    digest: str
+    priority: int
+    queue: str
+
+
+class Dispatcher(Protocol):
+    """Publishes task messages (a Celery app in production)."""
+
+    def send(self, items: Sequence[Dispatch]) -> None:
+        """Publish one message per item."""
+
+    def revoke(self, celery_ids: Sequence[str]) -> None:
+        """Stop running tasks."""
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs to run a task it has claimed."""
+
+    workflow: Workflow
+    task: Task
+    vars: dict[str, Any]
+    results: dict[str, Any]
+    attempt: int
+    execution_id: str
+
+
+@dataclass(frozen=True)
+class Started:
+    """The outcome of a start: the execution id, and False if an idempotent start found one."""
+
+    execution_id: str
+    created: bool
+
+
+class Definitions:
+    """Definitions by digest, parsed once per process (a digest's body never changes)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._by_digest: dict[str, Workflow] = {}
+        self._ancestors: dict[tuple[str, str], frozenset[str]] = {}
+
+    def add(self, wf: Workflow) -> None:
+        """Remember a definition this process already holds."""
+        self._by_digest.setdefault(wf.digest(), wf)
+
+    def get(self, digest: str, tx: Tx | None = None) -> Workflow:
+        """The definition with this digest."""
+        wf = self._by_digest.get(digest)
+        if wf is None:
+            body = (
+                tx.definition_body(digest)
+                if tx
+                else self.store.read(lambda tx: tx.definition_body(digest))
+            )
+            wf = self._by_digest.setdefault(digest, Workflow.from_dict(body, source=digest[:12]))
+        return wf
+
+    def ancestors(self, wf: Workflow, task_id: str) -> frozenset[str]:
+        """Every task upstream of ``task_id``, transitively."""
+        key = (wf.digest(), task_id)
+        found = self._ancestors.get(key)
+        if found is None:
+            seen: set[str] = set()
+            todo = list(wf.deps(task_id))
+            while todo:
+                node = todo.pop()
+                if node not in seen:
+                    seen.add(node)
+                    todo.extend(wf.deps(node))
+            found = self._ancestors[key] = frozenset(seen)
+        return found
+
+    def results_for(self, wf: Workflow, task_id: str) -> frozenset[str]:
+        """Ids whose results the task needs: its direct upstream plus what its templates name."""
+        named = wf.results_needed(task_id)
+        if named is None:
+            return self.ancestors(wf, task_id)
+        return frozenset(wf.deps(task_id)) | named
+
+
+@dataclass
+class _Step:
+    """The state of one advancing transaction."""
+
+    tx: Tx
+    execution_id: str
+    wf: Workflow
+    version: int
+    priority: int
+    state: str
+    vars: dict[str, Any]
+    settled: deque[tuple[str, str]] = field(default_factory=deque)
+    settled_count: int = 0
+    dispatch: list[Dispatch] = field(default_factory=list)
+
+
+class Coordinator:
+    """Drives executions through their states; shared by the client, the CLI and the workers."""
+
+    def __init__(self, store: Store, dispatcher: Dispatcher) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.definitions = Definitions(store)
+
+    # -- definitions ---------------------------------------------------------------------------
+    def register(self, wf: Workflow, *, replace: bool = False) -> bool:
+        """Store a definition; True if it was new or changed."""
+        self.definitions.add(wf)
+        return self.store.transact(
+            lambda tx: tx.put_definition(
+                wf.id, wf.version, wf.digest(), wf.name, wf.to_dict(), replace
+            )
+        )
+
+    def definition(self, workflow_id: str, version: int | None = None) -> Workflow:
+        """A registered definition, the newest version by default."""
+
+        def body(tx: Tx) -> Workflow:
+            _, digest = tx.definition_digest(workflow_id, version)
+            return self.definitions.get(digest, tx)
+
+        return self.store.read(body)
+
+    # -- start ---------------------------------------------------------------------------------
+    def start(
+        self,
+        workflow_id: str,
+        *,
+        vars: Mapping[str, Any] | None = None,
+        version: int | None = None,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Started:
+        """Create an execution of a registered workflow and dispatch its first tasks."""
+        if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 9):
+            raise ValidationError(f"priority: must be an integer from 0 to 9, got {priority!r}")
+        values = dict(vars or {})
+
+        def body(tx: Tx) -> tuple[Started, list[Dispatch]]:
+            if idempotency_key is not None:
+                found = tx.find_idempotent(workflow_id, idempotency_key)
+                if found is not None:
+                    return Started(found, False), []
+            ver, digest = tx.definition_digest(workflow_id, version)
+            wf = self.definitions.get(digest, tx)
+            wf.validate_vars(values)
+            return self._create(tx, wf, ver, digest, values, priority, idempotency_key)
+
+        try:
+            started, dispatches = self.store.transact(body)
+        except sa_exc.IntegrityError:
+            if idempotency_key is None:
+                raise
+            found = self.store.read(lambda tx: tx.find_idempotent(workflow_id, idempotency_key))
+            if found is None:
+                raise
+            return Started(found, False)
+        self.dispatcher.send(dispatches)
+        return started
+
+    def _create(
+        self,
+        tx: Tx,
+        wf: Workflow,
+        version: int,
+        digest: str,
+        values: dict[str, Any],
+        priority: int | None,
+        idempotency_key: str | None,
+    ) -> tuple[Started, list[Dispatch]]:
+        eid = str(uuid.uuid4())
+        n = len(wf.task_ids)
+        prio = DEFAULT_PRIORITY if priority is None else priority
+        tx.insert_execution(
+            {
+                "id": eid,
+                "workflow_id": wf.id,
+                "version": version,
+                "digest": digest,
+                "state": S.CREATED,
+                "vars": values,
+                "priority": prio,
+                "idempotency_key": idempotency_key,
+                "tasks_total": n,
+                "tasks_remaining": n,
+            }
+        )
+        tx.record(eid, None, None, S.CREATED, "started")
+        tx.insert_tasks(
+            [
+                {
+                    "execution_id": eid,
+                    "task_id": tid,
+                    "position": i,
+                    "state": S.PENDING,
+                    "deps_total": len(wf.deps(tid)),
+                    "deps_remaining": len(wf.deps(tid)),
+                }
+                for i, tid in enumerate(wf.task_ids)
+            ]
+        )
+        tx.cas_execution(eid, S.CREATED, S.RUNNING, "dispatched")
+        step = _Step(tx, eid, wf, version, prio, S.RUNNING, values)
+        for root in wf.roots():
+            self._act(step, root, rules.RUN, "root task")
+        self._propagate(step)
+        self._settle(step)
+        return Started(eid, True), step.dispatch
+
+    # -- advancing -----------------------------------------------------------------------------
+    def _step(self, tx: Tx, execution_id: str) -> _Step:
+        row = tx.execution(execution_id)
+        wf = self.definitions.get(row.digest, tx)
+        return _Step(tx, execution_id, wf, row.version, row.priority, row.state, dict(row.vars))
+
+    def _dispatch_of(self, step: _Step, task_id: str) -> Dispatch:
+        task = step.wf.task(task_id)
+        prio = task.priority if task.priority is not None else step.priority
+        return Dispatch(
+            step.execution_id, task_id, step.wf.id, step.version, step.wf.digest(), prio, task.queue
+        )
+
+    def _act(self, step: _Step, task_id: str, decision: str, reason: str) -> None:
+        """Carry out a trigger-rule decision for a pending task."""
+        tx, eid = step.tx, step.execution_id
+        task = step.wf.task(task_id)
+        if decision == rules.RUN and task.when:
+            try:
+                ok = evaluate(task.when, self._template_context(step, task_id))
+            except FlowqError as exc:
+                if tx.cas_task(
+                    eid, task_id, S.PENDING, S.FAILED, str(exc), error=str(exc), finished_at=tx.now
+                ):
+                    step.settled.append((task_id, S.FAILED))
+                return
+            if not ok:
+                decision, reason = rules.SKIP, f"when is false: {task.when}"
+        if decision == rules.RUN:
+            queued = tx.cas_task(eid, task_id, S.PENDING, S.QUEUED, reason, queued_at=tx.now)
+            if queued and step.state == S.RUNNING:
+                step.dispatch.append(self._dispatch_of(step, task_id))
+            return
+        to = S.SKIPPED if decision == rules.SKIP else S.UPSTREAM_FAILED
+        if tx.cas_task(eid, task_id, S.PENDING, to, reason, finished_at=tx.now):
+            step.settled.append((task_id, to))
+
+    def _template_context(self, step: _Step, task_id: str) -> dict[str, Any]:
+        named = step.wf.results_needed(task_id)
+        ids = self.definitions.ancestors(step.wf, task_id) if named is None else named
+        results = step.tx.results(step.execution_id, ids)
+        return {"vars": step.vars, "results": results, "execution_id": step.execution_id}
+
+    def _propagate(self, step: _Step) -> None:
+        """Count each settled task against its successors and act on those now decided."""
+        while step.settled:
+            task_id, state = step.settled.popleft()
+            step.settled_count += 1
+            for succ in step.wf.successors(task_id):
+                row = step.tx.count_upstream_end(step.execution_id, succ, state)
+                if row is None or row.state != S.PENDING:
+                    continue
+                decision = rules.decide(
+                    step.wf.task(succ).trigger_rule,
+                    row.deps_total,
+                    row.deps_remaining,
+                    row.deps_succeeded,
+                    row.deps_failed,
+                    row.deps_skipped,
+                )
+                if decision != rules.WAIT:
+                    self._act(step, succ, decision, f"{task_id} {state}")
+
+    def _settle(self, step: _Step) -> None:
+        """Count settled tasks on the execution; end it when none is left."""
+        remaining = step.tx.settle_count(step.execution_id, step.settled_count)
+        step.settled_count = 0
+        if remaining == 0 and step.state == S.RUNNING:
+            self._finish(step)
+
+    def _finish(self, step: _Step) -> None:
+        tx, eid = step.tx, step.execution_id
+        bad = tx.conn.execute(
+            sa.select(t.task_runs.c.task_id, t.task_runs.c.state, t.task_runs.c.error)
+            .where(
+                t.task_runs.c.execution_id == eid,
+                t.task_runs.c.state.not_in([S.SUCCEEDED, S.SKIPPED]),
+            )
+            .order_by(t.task_runs.c.finished_at, t.task_runs.c.position)
+        ).all()
+        if not bad:
+            tx.cas_execution(eid, S.RUNNING, S.COMPLETED, "every task succeeded or was skipped")
+            return
+        first = next((r for r in bad if r.state == S.FAILED), bad[0])
+        error = f"task {first.task_id!r} {first.state}" + (
+            f": {first.error}" if first.error else ""
+        )
+        tx.cas_execution(eid, S.RUNNING, S.FAILED, error, error=error)
+
+    def _send(self, dispatches: Sequence[Dispatch]) -> None:
+        if dispatches:
+            self.dispatcher.send(dispatches)
+
+    # -- task events (called from the worker's Celery signals) ---------------------------------
+    def claim(
+        self,
+        execution_id: str,
+        task_id: str,
+        *,
+        celery_id: str | None = None,
+        worker: str | None = None,
+    ) -> Claim | None:
+        """Mark a task running if it may start now; None if it may not (paused, duplicate...)."""
+
+        def body(tx: Tx) -> Claim | None:
+            row = tx.conn.execute(
+                sa.select(
+                    t.task_runs.c.state,
+                    t.task_runs.c.attempts,
+                    t.executions.c.state.label("execution_state"),
+                    t.executions.c.vars,
+                    t.executions.c.digest,
+                )
+                .join(t.executions, t.executions.c.id == t.task_runs.c.execution_id)
+                .where(t.task_runs.c.execution_id == execution_id, t.task_runs.c.task_id == task_id)
+            ).first()
+            if row is None or row.execution_state != S.RUNNING:
+                return None
+            if row.state not in (S.QUEUED, S.RETRYING):
+                return None
+            attempt = row.attempts + 1
+            if not tx.cas_task(
+                execution_id,
+                task_id,
+                row.state,
+                S.RUNNING,
+                f"attempt {attempt}",
+                require_execution=S.RUNNING,
+                attempts=attempt,
+                started_at=tx.now,
+                celery_id=celery_id,
+                worker=worker,
+            ):
+                return None
+            wf = self.definitions.get(row.digest, tx)
+            results = tx.results(execution_id, self.definitions.results_for(wf, task_id))
+            return Claim(wf, wf.task(task_id), dict(row.vars), results, attempt, execution_id)
+
+        return self.store.transact(body)
+
+    def succeeded(self, execution_id: str, task_id: str, result: Any) -> bool:
+        """Record a task's result and dispatch what became ready; False if it was not running."""
+        return self._ended(execution_id, task_id, S.SUCCEEDED, {"result": result, "error": None})
+
+    def failed(self, execution_id: str, task_id: str, error: str) -> bool:
+        """Record a task that failed for good; False if it was not running."""
+        return self._ended(execution_id, task_id, S.FAILED, {"error": error})
+
+    def _ended(self, execution_id: str, task_id: str, to: str, values: dict[str, Any]) -> bool:
+        def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
+            step = self._step(tx, execution_id)
+            reason = values.get("error") if to == S.FAILED else None
+            if not tx.cas_task(
+                execution_id, task_id, S.RUNNING, to, reason, finished_at=tx.now, **values
+            ):
+                log.info("ignored %s of %s/%s: it is no longer running", to, execution_id, task_id)
+                return False, []
+            step.settled.append((task_id, to))
+            self._propagate(step)
+            self._settle(step)
+            return True, step.dispatch
+
+        ok, dispatches = self.store.transact(body)
+        self._send(dispatches)
+        return ok
+
+    def retrying(self, execution_id: str, task_id: str, error: str, countdown: float) -> bool:
+        """Record that a failed attempt will be retried after ``countdown`` seconds."""
+        reason = f"{error}; retrying in {countdown:.2f}s"
+        return self.store.transact(
+            lambda tx: tx.cas_task(
+                execution_id, task_id, S.RUNNING, S.RETRYING, reason, error=error
+            )
+        )
+
+    # -- control -------------------------------------------------------------------------------
+    def pause(self, execution_id: str) -> None:
+        """Stop starting tasks; running ones finish and keep their results."""
+        self._move(execution_id, S.PAUSED, "pause", "paused by request")
+
+    def resume(self, execution_id: str) -> None:
+        """Continue a paused execution where it stopped."""
+
+        def body(tx: Tx) -> list[Dispatch]:
+            self._control(tx, execution_id, "resume", "resumed")
+            step = self._step(tx, execution_id)
+            waiting = tx.task_ids_in(execution_id, [S.QUEUED, S.RETRYING])
+            if not waiting and tx.execution(execution_id).tasks_remaining == 0:
+                self._finish(step)
+            return [self._dispatch_of(step, tid) for tid in waiting]
+
+        self._send(self.store.transact(body))
+
+    def cancel(self, execution_id: str) -> None:
+        """End the execution: revoke running tasks, start nothing more."""
+
+        def body(tx: Tx) -> list[str]:
+            self._control(tx, execution_id, "cancel", "cancelled by request")
+            revoke: list[str] = []
+            settled = 0
+            for row in tx.tasks(execution_id):
+                if row.state in S.TASK_TERMINAL:
+                    continue
+                if tx.cas_task(
+                    execution_id,
+                    row.task_id,
+                    row.state,
+                    S.CANCELLED,
+                    "execution cancelled",
+                    finished_at=tx.now,
+                ):
+                    settled += 1
+                    if row.state == S.RUNNING and row.celery_id:
+                        revoke.append(row.celery_id)
+            tx.settle_count(execution_id, settled)
+            return revoke
+
+        revoke = self.store.transact(body)
+        if revoke:
+            self.dispatcher.revoke(revoke)
+
+    def retry(self, execution_id: str) -> None:
+        """Run a failed execution again: its failed and never-run tasks; keep succeeded ones."""
+
+        def body(tx: Tx) -> list[Dispatch]:
+            self._control(tx, execution_id, "retry", "retried by request", error=None)
+            step = self._step(tx, execution_id)
+            return self._reset_for_retry(step)
+
+        self._send(self.store.transact(body))
+
+    def _reset_for_retry(self, step: _Step) -> list[Dispatch]:
+        tx, eid, wf = step.tx, step.execution_id, step.wf
+        rows = {r.task_id: r for r in tx.tasks(eid)}
+        reset: set[str] = set()
+        for tid in wf.task_ids:  # definition order is not topological: close over descendants
+            if rows[tid].state != S.SUCCEEDED and rows[tid].state != S.SKIPPED:
+                reset.add(tid)
+        todo = list(reset)
+        while todo:
+            for succ in wf.successors(todo.pop()):
+                if succ not in reset and rows[succ].state == S.SKIPPED:
+                    reset.add(succ)
+                    todo.append(succ)
+        for tid in wf.task_ids:
+            if tid not in reset:
+                continue
+            deps = wf.deps(tid)
+            counters: dict[str, Any] = {
+                "deps_remaining": sum(1 for d in deps if d in reset),
+                "deps_succeeded": sum(
+                    1 for d in deps if d not in reset and rows[d].state == S.SUCCEEDED
+                ),
+                "deps_skipped": sum(
+                    1 for d in deps if d not in reset and rows[d].state == S.SKIPPED
+                ),
+                "deps_failed": 0,
+            }
+            if rows[tid].state == S.PENDING:
+                tx.conn.execute(
+                    t.task_runs.update()
+                    .where(t.task_runs.c.execution_id == eid, t.task_runs.c.task_id == tid)
+                    .values(**counters)
+                )
+            else:
+                tx.cas_task(
+                    eid,
+                    tid,
+                    rows[tid].state,
+                    S.PENDING,
+                    "execution retried",
+                    error=None,
+                    result=None,
+                    finished_at=None,
+                    **counters,
+                )
+        tx.conn.execute(
+            t.executions.update().where(t.executions.c.id == eid).values(tasks_remaining=len(reset))
+        )
+        for tid in wf.task_ids:
+            if tid in reset and not any(d in reset for d in wf.deps(tid)):
+                row = tx.task(eid, tid)
+                assert row is not None
+                decision = rules.decide(
+                    wf.task(tid).trigger_rule,
+                    row.deps_total,
+                    0,
+                    row.deps_succeeded,
+                    0,
+                    row.deps_skipped,
+                )
+                self._act(step, tid, decision, "execution retried")
+        self._propagate(step)
+        self._settle(step)
+        return step.dispatch
+
+    def _move(self, execution_id: str, to: str, action: str, reason: str) -> None:
+        self.store.transact(lambda tx: self._control(tx, execution_id, action, reason))
+
+    @staticmethod
+    def _control(tx: Tx, execution_id: str, action: str, reason: str, **values: Any) -> str:
+        """Apply a control request as a compare-and-set; return the state it moved from."""
+        current = str(tx.execution(execution_id).state)
+        target = S.check_control(execution_id, current, action)
+        if not tx.cas_execution(execution_id, current, target, reason, **values):
+            now = tx.execution(execution_id).state
+            raise InvalidTransition("execution", execution_id, now, target, action)
+        return current

@@ -1,0 +1,82 @@
+"""Shared fixtures: services are real; a missing one skips on a laptop and fails under CI."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+PG_ADMIN_URL = os.environ.get(
+    "FLOWQ_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+REDIS_URL = os.environ.get("FLOWQ_TEST_REDIS", "redis://127.0.0.1:6379")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def require_service(name: str, host: str, port: int) -> None:
+    """Skip (laptop) or fail (CI=true) when a service does not answer."""
+    if _reachable(host, port):
+        return
+    message = f"{name} not reachable at {host}:{port}"
+    if IN_CI:
+        pytest.fail(f"{message} (CI=true: integration tests must not be skipped)")
+    pytest.skip(message)
+
+
+@contextmanager
+def fresh_postgres_database(prefix: str) -> Iterator[str]:
+    """Create an empty Postgres database; drop it on exit."""
+    require_service("Postgres", "127.0.0.1", 5432)
+    import sqlalchemy as sa
+
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh Postgres database for the store contract tests."""
+    with fresh_postgres_database("flowq_store") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database number reserved for this session, flushed first."""
+    require_service("Redis", "127.0.0.1", 6379)
+    import redis
+
+    db = int(os.environ.get("FLOWQ_TEST_REDIS_DB", "11"))
+    url = f"{REDIS_URL}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url

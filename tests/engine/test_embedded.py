@@ -1,0 +1,185 @@
+"""The engine end to end on the embedded default: in-process Celery, SQLite."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from flowq import Client, Workflow
+from flowq import states as S
+from tests.engine.conftest import Run, py
+from tests.history_check import assert_legal_history
+
+
+def ts(value: str | None) -> datetime:
+    assert value is not None
+    return datetime.fromisoformat(value)
+
+
+def test_results_flow_downstream_and_execution_completes(run: Run, client: Client) -> None:
+    doc = run(
+        {
+            "id": "sum",
+            "tasks": [
+                py("a", "add", params={"n": 1}),
+                py("b", "add", ("a",), params={"n": 10}),
+                py("c", "add", ("a",), params={"n": 100}),
+                py("d", "add", ("b", "c"), params={"n": 0}),
+                py("e", "echo", ("d",), params={"total": "{{ results.d }}"}),
+            ],
+        },
+        vars={"who": "me"},
+    )
+    assert doc["state"] == "completed"
+    assert {k: v["result"] for k, v in doc["tasks"].items() if k != "e"} == {
+        "a": 1,
+        "b": 11,
+        "c": 101,
+        "d": 112,
+    }
+    echo = doc["tasks"]["e"]["result"]
+    assert echo["params"] == {"total": 112}  # a whole-string template keeps its type
+    assert echo["results"] == {"d": 112}  # ctx.results: direct upstream only
+    assert echo["vars"] == {"who": "me"}
+    assert echo["key"] == f"{doc['execution_id']}:e"
+    assert all(t["attempts"] == 1 for t in doc["tasks"].values())
+    assert_legal_history(client.history(doc["execution_id"]))
+
+
+def test_non_series_parallel_dag_has_no_false_dependency(run: Run, client: Client) -> None:
+    # a -> c, a -> d, b -> d with b slow: c must not wait for b; d waits for a and b.
+    doc = run(
+        {
+            "id": "nsp",
+            "tasks": [
+                py("a", "sleep", params={"seconds": 0.05}),
+                py("b", "sleep", params={"seconds": 1.0}),
+                py("c", "sleep", ("a",), params={"seconds": 0.05}),
+                py("d", "sleep", ("a", "b"), params={"seconds": 0.05}),
+            ],
+        }
+    )
+    assert doc["state"] == "completed"
+    t = doc["tasks"]
+    assert ts(t["c"]["finished_at"]) < ts(t["b"]["finished_at"])
+    assert ts(t["d"]["started_at"]) >= ts(t["b"]["finished_at"])
+    assert ts(t["d"]["started_at"]) >= ts(t["a"]["finished_at"])
+    assert ts(t["c"]["started_at"]) >= ts(t["a"]["finished_at"])
+    assert_legal_history(client.history(doc["execution_id"]))
+
+
+def test_fan_out_of_50_runs_concurrently(run: Run) -> None:
+    tasks = [py("start")] + [
+        py(f"w{i}", "sleep", ("start",), params={"seconds": 0.2}) for i in range(50)
+    ]
+    tasks.append(py("join", deps=tuple(f"w{i}" for i in range(50))))
+    doc = run({"id": "fan", "tasks": tasks})
+    assert doc["state"] == "completed"
+    t = doc["tasks"]
+    span = (ts(t["join"]["started_at"]) - ts(t["start"]["finished_at"])).total_seconds()
+    assert span < 0.5 * 50 * 0.2, f"50 tasks of 0.2 s took {span:.2f}s: not run concurrently"
+    assert ts(t["join"]["started_at"]) >= max(ts(t[f"w{i}"]["finished_at"]) for i in range(50))
+
+
+def test_retries_then_success_counts_attempts(run: Run, client: Client) -> None:
+    doc = run(
+        {
+            "id": "flaky",
+            "tasks": [
+                py("f", "flaky", params={"failures": 2}, retries=2, retry_backoff=0.01),
+                py("after", deps=("f",)),
+            ],
+        }
+    )
+    assert doc["state"] == "completed"
+    assert doc["tasks"]["f"]["state"] == "succeeded"
+    assert doc["tasks"]["f"]["attempts"] == 3
+    assert doc["tasks"]["f"]["result"] == {"attempt": 3}
+    f_hist = [
+        (h["from"], h["to"]) for h in client.history(doc["execution_id"]) if h["task_id"] == "f"
+    ]
+    assert f_hist == [
+        ("pending", "queued"),
+        ("queued", "running"),
+        ("running", "retrying"),
+        ("retrying", "running"),
+        ("running", "retrying"),
+        ("retrying", "running"),
+        ("running", "succeeded"),
+    ]
+
+
+def test_retries_exhausted_fail_the_execution(run: Run, client: Client) -> None:
+    doc = run(
+        {
+            "id": "flaky2",
+            "tasks": [
+                py("f", "flaky", params={"failures": 2}, retries=1, retry_backoff=0.01),
+                py("after", deps=("f",)),
+            ],
+        }
+    )
+    assert doc["state"] == "failed"
+    f = doc["tasks"]["f"]
+    assert (f["state"], f["attempts"]) == ("failed", 2)
+    assert f["error"] == "RuntimeError: flaky failure on attempt 2"
+    after = doc["tasks"]["after"]
+    assert after["state"] == "upstream_failed" and after["started_at"] is None
+    assert after["attempts"] == 0
+    assert doc["error"] == "task 'f' failed: RuntimeError: flaky failure on attempt 2"
+    assert_legal_history(client.history(doc["execution_id"]))
+
+
+def test_permanent_error_does_not_retry(run: Run) -> None:
+    doc = run({"id": "perm", "tasks": [py("p", "permanent", retries=5, retry_backoff=0.01)]})
+    assert doc["state"] == "failed"
+    assert doc["tasks"]["p"]["attempts"] == 1
+    assert doc["tasks"]["p"]["error"] == "PermanentError: card declined"
+
+
+def test_independent_branch_keeps_running_after_a_failure(run: Run) -> None:
+    doc = run(
+        {
+            "id": "branches",
+            "tasks": [
+                py("bad", "boom"),
+                py("bad_child", deps=("bad",)),
+                py("good", "sleep", params={"seconds": 0.1}),
+                py("good_child", deps=("good",)),
+            ],
+        }
+    )
+    assert doc["state"] == "failed"
+    states = {k: v["state"] for k, v in doc["tasks"].items()}
+    assert states == {
+        "bad": "failed",
+        "bad_child": "upstream_failed",
+        "good": "succeeded",
+        "good_child": "succeeded",
+    }
+
+
+def test_idempotent_start_returns_the_first_execution(client: Client) -> None:
+    wf = Workflow.from_dict({"id": "idem", "tasks": [py("a")]})
+    client.register(wf)
+    first = client.start("idem", {}, idempotency_key="order-42")
+    second = client.start("idem", {}, idempotency_key="order-42")
+    other = client.start("idem", {}, idempotency_key="order-43")
+    assert first == second != other
+    assert client.wait(first, timeout=30)["state"] == "completed"
+    assert len(client.list(workflow_id="idem")) == 2
+
+
+def test_list_is_newest_first_and_filters(run: Run, client: Client) -> None:
+    ok = run({"id": "l_ok", "tasks": [py("a")]})
+    bad = run({"id": "l_bad", "tasks": [py("a", "boom")]})
+    rows = client.list()
+    assert [r["execution_id"] for r in rows[:2]] == [bad["execution_id"], ok["execution_id"]]
+    assert [r["execution_id"] for r in client.list(state="failed")] == [bad["execution_id"]]
+    assert [r["execution_id"] for r in client.list(workflow_id="l_ok")] == [ok["execution_id"]]
+
+
+def test_chain_of_500_completes(run: Run) -> None:
+    tasks = [py("t0")] + [py(f"t{i}", deps=(f"t{i - 1}",)) for i in range(1, 500)]
+    doc = run({"id": "chain500", "tasks": tasks}, timeout=120)
+    assert doc["state"] == "completed"
+    assert all(t["state"] == S.SUCCEEDED for t in doc["tasks"].values())

@@ -1,0 +1,203 @@
+"""One contract suite for the state store, run on SQLite and on Postgres."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+
+from flowq.errors import Conflict, NotFound
+from flowq.store import Store, Tx
+from flowq.store import tables as t
+from flowq.store.migrate import is_current
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    if request.param == "sqlite":
+        s = Store(f"sqlite:///{tmp_path / 'state.db'}")
+    else:
+        url = request.getfixturevalue("postgres_url")
+        s = Store(url)
+        with s.engine.begin() as conn:  # each test starts from empty tables
+            for table in reversed(t.metadata.sorted_tables):
+                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
+            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
+    s.upgrade()
+    yield s
+    s.dispose()
+
+
+def _execution(tx: Tx, eid: str = "e1", key: str | None = None) -> None:
+    tx.insert_execution(
+        {
+            "id": eid,
+            "workflow_id": "wf",
+            "version": 1,
+            "digest": "d" * 64,
+            "state": "created",
+            "vars": {"n": 1},
+            "priority": 5,
+            "idempotency_key": key,
+            "tasks_total": 2,
+            "tasks_remaining": 2,
+        }
+    )
+    tx.insert_tasks(
+        [
+            {
+                "execution_id": eid,
+                "task_id": "a",
+                "position": 0,
+                "state": "pending",
+                "deps_total": 0,
+                "deps_remaining": 0,
+            },
+            {
+                "execution_id": eid,
+                "task_id": "b",
+                "position": 1,
+                "state": "pending",
+                "deps_total": 2,
+                "deps_remaining": 2,
+            },
+        ]
+    )
+
+
+def test_upgrade_is_idempotent_and_current(store: Store) -> None:
+    store.upgrade()
+    assert is_current(store.engine)
+    names = set(sa.inspect(store.engine).get_table_names())
+    assert {"flowq_definitions", "flowq_executions", "flowq_task_runs", "flowq_history"} <= names
+
+
+def test_definitions_are_immutable_per_version_unless_replaced(store: Store) -> None:
+    body = {"id": "wf", "version": 1, "tasks": []}
+    assert store.transact(lambda tx: tx.put_definition("wf", 1, "a" * 64, None, body, False))
+    assert not store.transact(lambda tx: tx.put_definition("wf", 1, "a" * 64, None, body, False))
+    with pytest.raises(Conflict, match="already registered with a different definition"):
+        store.transact(lambda tx: tx.put_definition("wf", 1, "b" * 64, None, body, False))
+    assert store.transact(lambda tx: tx.put_definition("wf", 1, "b" * 64, None, body, True))
+    store.transact(lambda tx: tx.put_definition("wf", 2, "c" * 64, None, body, False))
+    assert store.read(lambda tx: tx.definition_digest("wf", None)) == (2, "c" * 64)
+    assert store.read(lambda tx: tx.definition_digest("wf", 1)) == (1, "b" * 64)
+    assert store.read(lambda tx: tx.definition_body("c" * 64)) == body
+    with pytest.raises(NotFound, match="workflow nope is not registered"):
+        store.read(lambda tx: tx.definition_digest("nope", None))
+
+
+def test_execution_compare_and_set_and_history(store: Store) -> None:
+    store.transact(_execution)
+    assert store.transact(lambda tx: tx.cas_execution("e1", "created", "running", "go"))
+    # a stale writer that still believes the execution is `created` loses
+    assert not store.transact(lambda tx: tx.cas_execution("e1", "created", "cancelled"))
+    assert store.read(lambda tx: tx.execution("e1")).state == "running"
+    hist = store.read(lambda tx: list(tx.conn.execute(sa.select(t.history))))
+    assert [(h.from_state, h.to_state, h.reason) for h in hist] == [("created", "running", "go")]
+    with pytest.raises(NotFound, match="execution nope not found"):
+        store.read(lambda tx: tx.execution("nope"))
+
+
+def test_task_cas_can_require_execution_state(store: Store) -> None:
+    store.transact(_execution)
+    store.transact(lambda tx: tx.cas_task("e1", "a", "pending", "queued"))
+    # the execution is still `created`: a claim that requires `running` must not happen
+    assert not store.transact(
+        lambda tx: tx.cas_task("e1", "a", "queued", "running", require_execution="running")
+    )
+    store.transact(lambda tx: tx.cas_execution("e1", "created", "running"))
+    assert store.transact(
+        lambda tx: tx.cas_task(
+            "e1", "a", "queued", "running", require_execution="running", attempts=1
+        )
+    )
+    assert store.transact(
+        lambda tx: tx.cas_task("e1", "a", "running", "succeeded", result={"x": [1, "two"]})
+    )
+    # a duplicate or late message cannot record a second result or move the state back
+    assert not store.transact(lambda tx: tx.cas_task("e1", "a", "running", "failed"))
+    row = store.read(lambda tx: tx.task("e1", "a"))
+    assert row is not None and (row.state, row.attempts, row.result) == (
+        "succeeded",
+        1,
+        {"x": [1, "two"]},
+    )
+    assert store.read(lambda tx: tx.results("e1", ["a", "b"])) == {"a": {"x": [1, "two"]}}
+
+
+def test_dependency_counters(store: Store) -> None:
+    store.transact(_execution)
+    first = store.transact(lambda tx: tx.count_upstream_end("e1", "b", "succeeded"))
+    second = store.transact(lambda tx: tx.count_upstream_end("e1", "b", "skipped"))
+    assert first is not None and second is not None
+    assert (first.deps_remaining, first.deps_succeeded) == (1, 1)
+    assert (
+        second.deps_remaining,
+        second.deps_succeeded,
+        second.deps_skipped,
+        second.deps_failed,
+        second.state,
+    ) == (0, 1, 1, 0, "pending")
+    assert store.transact(lambda tx: tx.settle_count("e1", 2)) == 0
+
+
+def test_idempotency_key_is_unique_per_workflow(store: Store) -> None:
+    store.transact(lambda tx: _execution(tx, "e1", key="k"))
+    assert store.read(lambda tx: tx.find_idempotent("wf", "k")) == "e1"
+    with pytest.raises(sa_exc.IntegrityError):
+        store.transact(lambda tx: _execution(tx, "e2", key="k"))
+
+
+def test_concurrent_compare_and_set_has_exactly_one_winner(store: Store) -> None:
+    store.transact(_execution)
+    store.transact(lambda tx: tx.cas_execution("e1", "created", "running"))
+    store.transact(lambda tx: tx.cas_task("e1", "a", "pending", "queued"))
+    barrier = threading.Barrier(8)
+    wins: list[bool] = []
+    lock = threading.Lock()
+
+    def claim() -> None:
+        barrier.wait()
+        ok = store.transact(lambda tx: tx.cas_task("e1", "a", "queued", "running"))
+        with lock:
+            wins.append(ok)
+
+    threads = [threading.Thread(target=claim) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(wins) == [False] * 7 + [True]
+    hist = store.read(
+        lambda tx: list(tx.conn.execute(sa.select(t.history).where(t.history.c.task_id == "a")))
+    )
+    assert [(h.from_state, h.to_state) for h in hist] == [
+        ("pending", "queued"),
+        ("queued", "running"),
+    ]
+
+
+def test_concurrent_fan_in_counts_reach_zero_exactly_once(store: Store) -> None:
+    store.transact(_execution)
+    zero: list[int] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(2)
+
+    def end(state: str) -> None:
+        barrier.wait()
+        row = store.transact(lambda tx: tx.count_upstream_end("e1", "b", state))
+        assert row is not None
+        with lock:
+            zero.append(row.deps_remaining)
+
+    threads = [threading.Thread(target=end, args=(s,)) for s in ("succeeded", "failed")]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert sorted(zero) == [0, 1]

@@ -1,0 +1,201 @@
+"""The Celery app factory and the one generic task that runs a workflow task."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import random
+import threading
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from celery import Celery, Task
+from celery.exceptions import Ignore
+
+from flowq.context import TaskContext
+from flowq.coordinator import Claim, Coordinator, Dispatch
+from flowq.errors import PermanentError
+from flowq.settings import Settings
+from flowq.store import Store
+from flowq.templates import render
+from workers.handlers import handler_for
+
+log = logging.getLogger("flowq.worker")
+
+TASK_NAME = "flowq.run"
+DEFAULT_QUEUE = "flowq"
+EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
+
+
+def celery_priority(priority: int) -> int:
+    """flowq's 9 (most urgent) .. 0 onto Celery's Redis scale, where 0 is served first."""
+    return 9 - priority
+
+
+def backoff_delay(retries_done: int, base: float, cap: float, jitter: bool) -> float:
+    """Seconds before the next attempt: ``base`` doubling per retry, capped, maybe jittered."""
+    delay = min(cap, base * (2**retries_done))
+    return random.uniform(0, delay) if jitter else delay
+
+
+def error_line(exc: BaseException) -> str:
+    """One line naming the exception type and message."""
+    text = " ".join(str(exc).split())
+    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return line if len(line) <= 500 else line[:497] + "..."
+
+
+class CeleryDispatcher:
+    """Publishes task messages through a Celery app; ``only_queue`` overrides task queues."""
+
+    def __init__(self, app: Celery, only_queue: str | None = None) -> None:
+        self.app = app
+        self.only_queue = only_queue
+
+    def send(self, items: Sequence[Dispatch]) -> None:
+        """Publish one small message per task, over one producer connection."""
+        if not items:
+            return
+        task = self.app.tasks[TASK_NAME]
+        with self.app.producer_or_acquire() as producer:
+            for d in items:
+                task.apply_async(
+                    kwargs={
+                        "execution_id": d.execution_id,
+                        "task_id": d.task_id,
+                        "workflow_id": d.workflow_id,
+                        "version": d.version,
+                        "digest": d.digest,
+                    },
+                    task_id=str(uuid.uuid4()),
+                    queue=self.only_queue or d.queue,
+                    priority=celery_priority(d.priority),
+                    producer=producer,
+                )
+
+    def revoke(self, celery_ids: Sequence[str]) -> None:
+        """Terminate the given running tasks."""
+        self.app.control.revoke(list(celery_ids), terminate=True, signal="SIGTERM")
+
+
+class Runtime:
+    """Per-process state of a flowq Celery app: the store and coordinator, made lazily."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+        self._lock = threading.Lock()
+        self._coordinator: Coordinator | None = None
+        self._pid = os.getpid()
+
+    @property
+    def coordinator(self) -> Coordinator:
+        """The coordinator of this process (re-made after a fork)."""
+        if self._coordinator is None or self._pid != os.getpid():
+            with self._lock:
+                if self._coordinator is None or self._pid != os.getpid():
+                    store = Store(self.settings.database_url)
+                    dispatcher = CeleryDispatcher(self.app)
+                    self._coordinator = Coordinator(store, dispatcher)
+                    self._pid = os.getpid()
+        return self._coordinator
+
+    def use(self, coordinator: Coordinator) -> None:
+        """Share an existing coordinator (embedded mode runs producer and worker in one process)."""
+        self._coordinator = coordinator
+        self._pid = os.getpid()
+
+    def reset_after_fork(self) -> None:
+        """Forget connections inherited from the parent process."""
+        if self._coordinator is not None:
+            self._coordinator.store.engine.dispose(close=False)
+        self._coordinator = None
+
+
+def run_workflow_task(task: Task, claim: Claim, coordinator: Coordinator) -> Any:
+    """Render the task's templated fields, run its handler, and retry failures with backoff."""
+    spec_task = claim.task
+    context = {"vars": claim.vars, "results": claim.results, "execution_id": claim.execution_id}
+    direct = {d: claim.results[d] for d in spec_task.depends_on if d in claim.results}
+    try:
+        spec = spec_task.spec()
+        for key in spec_task.TEMPLATED:
+            if key in spec:
+                spec[key] = render(spec[key], context)
+        params = spec.get("params") if spec_task.type == "python" else None
+        ctx = TaskContext(
+            vars=claim.vars,
+            params=dict(params or {}),
+            results=direct,
+            execution_id=claim.execution_id,
+            task_id=spec_task.id,
+            attempt=claim.attempt,
+            workflow_id=claim.workflow.id,
+        )
+        result = handler_for(spec_task.type)(spec, ctx)
+        try:
+            json.dumps(result)
+        except (TypeError, ValueError) as exc:
+            raise PermanentError(f"result is not JSON-serialisable: {exc}") from exc
+        return result
+    except PermanentError:
+        raise
+    except Exception as exc:
+        done = int(task.request.retries or 0)
+        if done < spec_task.retries:
+            countdown = backoff_delay(
+                done, spec_task.retry_backoff, spec_task.retry_backoff_max, spec_task.retry_jitter
+            )
+            # Recorded before the retry message exists, so that message always finds `retrying`.
+            coordinator.retrying(claim.execution_id, spec_task.id, error_line(exc), countdown)
+            raise task.retry(exc=exc, countdown=countdown, max_retries=spec_task.retries) from exc
+        raise
+
+
+def _load_celeryconfig(app: Celery) -> None:
+    """Apply a deployment's ``celeryconfig`` module (named by FLOWQ_CELERY_CONFIG) if present."""
+    name = os.environ.get("FLOWQ_CELERY_CONFIG", "celeryconfig")
+    try:
+        module = importlib.import_module(name)
+    except ImportError:
+        return
+    app.conf.update(
+        {k: v for k, v in vars(module).items() if k.islower() and not k.startswith("_")}
+    )
+
+
+def create_app(settings: Settings | None = None) -> Celery:
+    """Build a Celery app for flowq from workers.config, celeryconfig and the environment."""
+    from workers import signals
+
+    settings = settings or Settings.from_env()
+    app = Celery("flowq", set_as_current=False)
+    app.config_from_object("workers.config")
+    _load_celeryconfig(app)
+    app.conf.broker_url = settings.effective_broker_url
+    app.conf.result_backend = settings.effective_result_backend
+    if settings.embedded:
+        app.conf.broker_transport_options = dict(EMBEDDED_TRANSPORT_OPTIONS)
+        app.conf.worker_send_task_events = False
+        app.conf.task_send_sent_event = False
+    runtime = Runtime(app, settings)
+    app.flowq_runtime = runtime
+
+    @app.task(bind=True, name=TASK_NAME, shared=False)  # type: ignore[untyped-decorator]
+    def run(self: Task, execution_id: str, task_id: str, **_meta: Any) -> Any:
+        claim: Claim | None = getattr(self.request, "flowq_claim", None)
+        if claim is None:
+            raise Ignore()
+        return run_workflow_task(self, claim, runtime.coordinator)
+
+    signals.connect(app, TASK_NAME, runtime)
+    return app
+
+
+def runtime_of(app: Celery) -> Runtime:
+    """The flowq runtime attached to an app made by create_app."""
+    runtime: Runtime = app.flowq_runtime
+    return runtime

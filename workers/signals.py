@@ -1,0 +1,88 @@
+"""Celery task signals that record each task transition in the state store."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery, Task, signals
+
+from workers.app import error_line
+
+if TYPE_CHECKING:
+    from workers.app import Runtime
+
+log = logging.getLogger("flowq.worker")
+HOSTNAME = socket.gethostname()
+
+
+def _ids(request: Any) -> tuple[str, str] | None:
+    kwargs = getattr(request, "kwargs", None) or {}
+    eid, tid = kwargs.get("execution_id"), kwargs.get("task_id")
+    if not eid or not tid:
+        return None
+    return str(eid), str(tid)
+
+
+def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
+    """Connect the transition recorders for the app's generic flowq task."""
+    task = app.tasks[task_name]  # the real task object: Celery sends signals with it as sender
+
+    def on_prerun(sender: Task, task_id: str, **_: Any) -> None:
+        ids = _ids(sender.request)
+        if ids is None:
+            return
+        sender.request.flowq_claim = None
+        try:
+            claim = runtime.coordinator.claim(
+                ids[0], ids[1], celery_id=task_id, worker=sender.request.hostname or HOSTNAME
+            )
+        except Exception:
+            log.exception("could not claim %s/%s; leaving it for recovery", *ids)
+            return
+        if claim is None:
+            log.info("not starting %s/%s: it is not queued or its execution is not running", *ids)
+        sender.request.flowq_claim = claim
+
+    def on_success(sender: Task, result: Any, **_: Any) -> None:
+        ids = _ids(sender.request)
+        if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
+            _record(runtime, "succeeded", ids, lambda c: c.succeeded(ids[0], ids[1], result))
+
+    def on_failure(sender: Task, exception: BaseException, **_: Any) -> None:
+        ids = _ids(sender.request)
+        if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
+            error = error_line(exception)
+            _record(runtime, "failed", ids, lambda c: c.failed(ids[0], ids[1], error))
+
+    def on_retry(sender: Task, request: Any, reason: Any, **_: Any) -> None:
+        # `retrying` is recorded by the task itself before Celery publishes the retry message;
+        # recording it here would race with that message.
+        ids = _ids(request)
+        if ids is not None:
+            log.info("task %s/%s will be retried: %s", ids[0], ids[1], reason)
+
+    def on_revoked(sender: Task, request: Any, **_: Any) -> None:
+        ids = _ids(request)
+        if ids is not None:
+            log.info("task %s/%s revoked", *ids)
+
+    signals.task_prerun.connect(on_prerun, sender=task, weak=False)
+    signals.task_success.connect(on_success, sender=task, weak=False)
+    signals.task_failure.connect(on_failure, sender=task, weak=False)
+    signals.task_retry.connect(on_retry, sender=task, weak=False)
+    signals.task_revoked.connect(on_revoked, sender=task, weak=False)
+
+    def on_process_init(**_: Any) -> None:
+        runtime.reset_after_fork()
+
+    signals.worker_process_init.connect(on_process_init, weak=False)
+
+
+def _record(runtime: Runtime, what: str, ids: tuple[str, str], fn: Any) -> None:
+    """Run a store update; Celery would swallow the error, so log it loudly."""
+    try:
+        fn(runtime.coordinator)
+    except Exception:
+        log.exception("could not record %s/%s %s in the state store", ids[0], ids[1], what)
