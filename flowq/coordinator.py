@@ -42,6 +42,7 @@ class Dispatch:
     digest: str
     priority: int
     queue: str
+    timeout: float | None = None
 
 
 class Dispatcher(Protocol):
@@ -260,7 +261,14 @@ class Coordinator:
         task = step.wf.task(task_id)
         prio = task.priority if task.priority is not None else step.priority
         return Dispatch(
-            step.execution_id, task_id, step.wf.id, step.version, step.wf.digest(), prio, task.queue
+            step.execution_id,
+            task_id,
+            step.wf.id,
+            step.version,
+            step.wf.digest(),
+            prio,
+            task.queue,
+            task.timeout,
         )
 
     def _act(self, step: _Step, task_id: str, decision: str, reason: str) -> None:

@@ -27,6 +27,7 @@ log = logging.getLogger("flowq.worker")
 
 TASK_NAME = "flowq.run"
 DEFAULT_QUEUE = "flowq"
+HARD_LIMIT_GRACE = 5.0
 EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
 
 
@@ -39,6 +40,13 @@ def backoff_delay(retries_done: int, base: float, cap: float, jitter: bool) -> f
     """Seconds before the next attempt: ``base`` doubling per retry, capped, maybe jittered."""
     delay = min(cap, base * (2**retries_done))
     return random.uniform(0, delay) if jitter else delay
+
+
+def time_limits(timeout: float | None) -> dict[str, float]:
+    """Celery's soft limit (raises inside the task) and a hard limit a little later."""
+    if timeout is None:
+        return {}
+    return {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_GRACE}
 
 
 def error_line(exc: BaseException) -> str:
@@ -74,6 +82,7 @@ class CeleryDispatcher:
                     queue=self.only_queue or d.queue,
                     priority=celery_priority(d.priority),
                     producer=producer,
+                    **time_limits(d.timeout),
                 )
 
     def revoke(self, celery_ids: Sequence[str]) -> None:
