@@ -24,35 +24,20 @@ from pydantic_core import ErrorDetails, PydanticCustomError
 from flowq import graph, templates
 from flowq.errors import NotFound, ValidationError
 
+# fmt: off
 TRIGGER_RULES: Final[tuple[str, ...]] = (
-    "all_success",
-    "all_done",
-    "one_success",
-    "one_failed",
-    "none_failed",
+    "all_success", "all_done", "one_success", "one_failed", "none_failed",
     "none_failed_min_one_success",
 )
 FILE_OPERATIONS: Final[tuple[str, ...]] = (
-    "read",
-    "write",
-    "append",
-    "copy",
-    "move",
-    "delete",
-    "mkdir",
-    "list",
+    "read", "write", "append", "copy", "move", "delete", "mkdir", "list",
 )
 HTTP_METHODS: Final[tuple[str, ...]] = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 DEFAULTABLE: Final[tuple[str, ...]] = (
-    "retries",
-    "retry_backoff",
-    "retry_backoff_max",
-    "retry_jitter",
-    "timeout",
-    "priority",
-    "queue",
-    "trigger_rule",
+    "retries", "retry_backoff", "retry_backoff_max", "retry_jitter",
+    "timeout", "priority", "queue", "trigger_rule",
 )
+# fmt: on
 TASK_TYPES: Final[tuple[str, ...]] = ("python", "http", "sql", "file")
 _IDENT: Final = r"[A-Za-z_][A-Za-z0-9_]*"
 _SOURCE: ContextVar[str] = ContextVar("flowq_definition_source", default="<python>")
@@ -216,13 +201,8 @@ class FileTask(TaskBase):
 
 Task = Annotated[PythonTask | HttpTask | SqlTask | FileTask, Field(discriminator="type")]
 _MODELS: Final[dict[str, type[TaskBase]]] = {
-    "python": PythonTask,
-    "http": HttpTask,
-    "sql": SqlTask,
-    "file": FileTask,
-}
-
-
+    "python": PythonTask, "http": HttpTask, "sql": SqlTask, "file": FileTask,
+}  # fmt: skip
 _MODEL_LIST: Final[list[type[TaskBase]]] = [TaskBase, *_MODELS.values()]
 _KEYS: Final[dict[type[TaskBase], tuple[str, ...]]] = {
     model: tuple(field.alias or name for name, field in model.model_fields.items())
@@ -245,16 +225,12 @@ class _Defaults(_Strict):
 
 # -- problems ---------------------------------------------------------------------------------
 
+# fmt: off
 _TYPE_WORDS: Final = {
-    "int": "an integer",
-    "float": "a number",
-    "string": "a string",
-    "bool": "true or false",
-    "list": "a list",
-    "dict": "a mapping",
-    "model": "a mapping",
-    "model_attributes": "a mapping",
+    "int": "an integer", "float": "a number", "string": "a string", "bool": "true or false",
+    "list": "a list", "dict": "a mapping", "model": "a mapping", "model_attributes": "a mapping",
 }
+# fmt: on
 
 
 def _path(loc: Iterable[int | str]) -> str:
@@ -294,7 +270,8 @@ def _describe(err: ErrorDetails, loc: tuple[int | str, ...], known: Iterable[str
     elif kind.endswith(("_type", "_parsing")) and kind.rsplit("_", 1)[0] in _TYPE_WORDS:
         reason = f"must be {_TYPE_WORDS[kind.rsplit('_', 1)[0]]} (got {_shown(got)})"
     elif kind == "too_short":
-        reason = f"must have at least {ctx.get('min_length')} item(s)"
+        least = ctx.get("min_length")
+        reason = "must not be empty" if least == 1 else f"must have at least {least} items"
     elif kind == "string_too_short":
         reason = "must not be empty"
     elif kind == "literal_error":

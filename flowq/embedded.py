@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 from celery import Celery
 from celery.app.trace import setup_worker_optimizations
+from celery.worker import state as worker_state
 
 from flowq.errors import FlowqError
 
@@ -60,6 +62,18 @@ class EmbeddedWorker:
         """Stop consuming and wait for running tasks to finish."""
         if self._thread is None:
             return
-        self._worker.stop(in_sighandler=False, exitcode=0)
-        self._thread.join(timeout)
+        # Ask for a warm shutdown the way Celery's own signal handlers do; the consumer sees it
+        # between two polls of the in-memory queue, and a poll waits up to 2 s for a message:
+        # wake it with an empty one (ignored: it names no execution).
+        worker_state.should_stop = 0
+        deadline = time.monotonic() + timeout
+        try:
+            with self.app.connection_for_write() as conn:
+                queue = conn.SimpleQueue(self.queue)
+                while self._thread.is_alive() and time.monotonic() < deadline:
+                    queue.put({"flowq": "wake-up"})
+                    self._thread.join(0.05)
+                queue.close()
+        finally:
+            worker_state.should_stop = None
         self._thread = None

@@ -487,6 +487,55 @@ def test_missing_required_keys_and_type_specific_rules(tmp_path: Path) -> None:
     ]
 
 
+def test_template_typos_that_would_always_fail_are_rejected(tmp_path: Path) -> None:
+    src, problems = problems_of(
+        tmp_path,
+        """
+        - id: a
+          type: python
+          handler: m:f
+          params: {x: "{{ var.order_id }}", y: "{{ vars.items | tojsn }}"}
+          when: "reslts.b.ok"
+        """,
+    )
+    assert problems == [
+        f"{src}: task 'a': params.x: unknown name 'var' (known: vars, results, execution_id)",
+        f"{src}: task 'a': params.y: unknown filter 'tojsn'",
+        f"{src}: task 'a': when: unknown name 'reslts' (known: vars, results, execution_id)",
+    ]
+
+
+def test_empty_task_list_and_non_mapping_definitions(tmp_path: Path) -> None:
+    src, problems = problems_of(tmp_path, "[]\n")
+    assert problems == [f"{src}: tasks: must not be empty"]
+    with pytest.raises(ValidationError) as info:
+        Workflow.from_dict([1, 2], source="api")  # type: ignore[arg-type]
+    assert info.value.problems == ["api: a workflow must be a mapping of keys (got a list)"]
+    with pytest.raises(ValidationError, match=r"^x\.yaml: unknown key 1$"):
+        data: dict[Any, Any] = {"id": "w", 1: "x", "tasks": [py("a")]}
+        Workflow.from_dict(data, source="x.yaml")
+
+
+def test_http_method_is_case_insensitive_and_defaults_to_get() -> None:
+    wf = Workflow(
+        id="w",
+        tasks=[
+            {"id": "a", "type": "http", "url": "u", "method": "post"},
+            {"id": "b", "type": "http", "url": "u"},
+        ],
+    )
+    assert (wf.task("a").spec()["method"], wf.task("b").spec()["method"]) == ("POST", "GET")
+    with pytest.raises(ValidationError, match="task 'c': unknown method 'FETCH' \\(expected GET"):
+        Workflow(id="w", tasks=[{"id": "c", "type": "http", "url": "u", "method": "FETCH"}])
+
+
+def test_file_write_needs_content_and_when_may_use_braces() -> None:
+    with pytest.raises(ValidationError, match=r"task 'w': operation 'write' needs 'content'$"):
+        Workflow(id="x", tasks=[{"id": "w", "type": "file", "operation": "write", "path": "p"}])
+    wf = Workflow(id="x", tasks=[py("a"), py("b", "a", when="{{ results.a.ok }}")])
+    assert wf.results_needed("b") == frozenset({"a"})
+
+
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     src, problems = problems_of(
         tmp_path,

@@ -1,0 +1,214 @@
+"""The `flowq` command on the embedded default: validate, plan, run, control."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT
+from tests.engine.conftest import py
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLOWQ_")}
+    base.update(
+        {
+            "FLOWQ_DATABASE_URL": f"sqlite:///{tmp_path / 'cli.db'}",
+            "FLOWQ_FILE_ROOT": str(tmp_path / "files"),
+        }
+    )
+    return base
+
+
+def flowq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowq.cli", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def write(tmp_path: Path, definition: dict[str, Any], name: str = "wf.yaml") -> str:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(definition, sort_keys=False))
+    return str(path)
+
+
+def test_validate_ok_and_each_problem_on_one_line(env: dict[str, str], tmp_path: Path) -> None:
+    good = write(tmp_path, {"id": "ok", "tasks": [py("a")]}, "good.yaml")
+    res = flowq(env, "validate", good, str(ROOT / "examples" / "order_processing.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines() == [
+        f"{good}: ok",
+        f"{ROOT / 'examples' / 'order_processing.yaml'}: ok",
+    ]
+    bad = write(tmp_path, {"id": "bad", "tasks": [
+        py("a"), py("b", deps=("a",)), py("c", deps=("b",)),
+        py("d", deps=("nope",)), {"id": "e", "type": "shell"},
+        py("f", retries=-1), {"id": "g", "type": "python", "handler": "no_colon"},
+        py("h", when="results.zz == 1"), py("i", when="(("), py("a"),
+    ]}, "bad.yaml")  # fmt: skip
+    res = flowq(env, "validate", bad)
+    assert res.returncode == 2
+    lines = res.stderr.strip().splitlines()
+    assert all(line.startswith(f"{bad}: ") for line in lines), lines
+    text = res.stderr
+    for needle in (
+        "duplicate",
+        "'d'",
+        "nope",
+        "'e'",
+        "shell",
+        "'f'",
+        "retries",
+        "'g'",
+        "module",
+        "'h'",
+        "zz",
+        "'i'",
+    ):
+        assert needle in text, f"{needle!r} missing from: {text}"
+    assert "Traceback" not in text
+
+
+def test_validate_names_a_cycle(env: dict[str, str], tmp_path: Path) -> None:
+    bad = write(
+        tmp_path,
+        {"id": "cyc", "tasks": [py("a", deps=("c",)), py("b", deps=("a",)), py("c", deps=("b",))]},
+    )
+    res = flowq(env, "validate", bad)
+    assert res.returncode == 2
+    assert "cycle" in res.stderr and "a" in res.stderr and "->" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_plan_prints_the_canvas(env: dict[str, str]) -> None:
+    res = flowq(env, "plan", str(ROOT / "examples" / "order_processing.yaml"))
+    assert res.returncode == 0, res.stderr
+    assert "chord(" in res.stdout and "group(" in res.stdout and "chain(" in res.stdout
+    as_json = json.loads(
+        flowq(env, "plan", str(ROOT / "examples" / "order_processing.yaml"), "--json").stdout
+    )
+    assert as_json["joins"] == {}
+
+
+def test_plan_shows_coordinator_joins(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {"id": "nsp", "tasks": [py("a"), py("b"), py("c", deps=("a",)), py("d", deps=("a", "b"))]},
+    )
+    res = flowq(env, "plan", path)
+    assert res.returncode == 0
+    assert "coordinator joins" in res.stdout and "d" in res.stdout
+
+
+def test_run_prints_progress_and_exits_zero(env: dict[str, str]) -> None:
+    res = flowq(
+        env,
+        "run",
+        str(ROOT / "examples" / "order_processing.yaml"),
+        "--var",
+        "order_id=42",
+        "--var",
+        "sku=WIDGET-1",
+        "--var",
+        "quantity=2",
+    )
+    assert res.returncode == 0, res.stderr
+    assert "validate_order running" in res.stdout
+    assert "completed" in res.stdout
+
+
+def test_run_json_prints_only_the_status_document(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, {"id": "j", "tasks": [py("a", "echo", params={"x": "{{ vars.x }}"})]})
+    res = flowq(env, "run", path, "--var", "x=[1, 2]", "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["state"] == "completed"
+    assert doc["tasks"]["a"]["result"]["params"] == {"x": [1, 2]}
+    assert set(doc) >= {
+        "execution_id",
+        "workflow_id",
+        "version",
+        "state",
+        "vars",
+        "priority",
+        "created_at",
+        "updated_at",
+        "error",
+        "tasks",
+    }
+    assert set(doc["tasks"]["a"]) == {
+        "state",
+        "attempts",
+        "result",
+        "error",
+        "started_at",
+        "finished_at",
+    }
+
+
+def test_run_failure_exits_one_and_names_task_and_exception(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path,
+        {
+            "id": "f",
+            "tasks": [
+                py("charge", "flaky", params={"failures": 2}, retries=1, retry_backoff=0.01),
+                py("ship", deps=("charge",)),
+            ],
+        },
+    )
+    res = flowq(env, "run", path)
+    assert res.returncode == 1
+    assert "task 'charge' failed: RuntimeError: flaky failure on attempt 2" in res.stdout
+    assert "ship" in res.stdout and "upstream_failed" in res.stdout
+
+
+def test_bad_input_is_one_line_with_exit_two(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        {
+            "id": "v",
+            "inputs": {
+                "type": "object",
+                "required": ["n"],
+                "properties": {"n": {"type": "integer"}},
+            },
+            "tasks": [py("a")],
+        },
+    )
+    res = flowq(env, "run", path, "--var", "n=oops")
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "n" in res.stderr
+    res = flowq(env, "run", path, "--var", "novalue")
+    assert res.returncode == 2 and "expected KEY=VALUE" in res.stderr
+    res = flowq(env, "run", str(tmp_path / "missing.yaml"))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    res = flowq(env, "frobnicate")
+    assert res.returncode == 2
+
+
+def test_refused_transition_exits_one_naming_the_state(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, {"id": "done", "tasks": [py("a")]})
+    doc = json.loads(flowq(env, "run", path, "--json").stdout)
+    res = flowq(env, "pause", doc["execution_id"])
+    assert res.returncode == 1
+    assert "'completed'" in res.stderr and "pause" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = flowq(env, "retry", doc["execution_id"])
+    assert res.returncode == 1 and "'completed'" in res.stderr
