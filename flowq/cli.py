@@ -256,8 +256,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         f"--queues={args.queues}",
         f"--loglevel={args.loglevel}",
     ]
-    if args.hostname:
-        argv.append(f"--hostname={args.hostname}")
+    # A unique node name by default: heartbeats and recovery tell workers apart by it.
+    argv.append(f"--hostname={args.hostname or f'flowq-{os.getpid()}@%h'}")
     if args.pool:
         argv.append(f"--pool={args.pool}")
     app.worker_main(argv)

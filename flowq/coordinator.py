@@ -13,6 +13,7 @@ import uuid
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any, Protocol
 
 import sqlalchemy as sa
@@ -360,13 +361,19 @@ class Coordinator:
         celery_id: str | None = None,
         worker: str | None = None,
     ) -> Claim | None:
-        """Mark a task running if it may start now; None if it may not (paused, duplicate...)."""
+        """Mark a task running if it may start now; None if it may not (paused, duplicate...).
 
-        def body(tx: Tx) -> Claim | None:
+        The same message seen again while its task is `running` means the process running it
+        died (Celery redelivers it: acks_late + reject_on_worker_lost): that attempt is lost,
+        and the task runs again while attempts remain.
+        """
+
+        def body(tx: Tx) -> tuple[Claim | None, list[Dispatch]]:
             row = tx.conn.execute(
                 sa.select(
                     t.task_runs.c.state,
                     t.task_runs.c.attempts,
+                    t.task_runs.c.celery_id,
                     t.executions.c.state.label("execution_state"),
                     t.executions.c.vars,
                     t.executions.c.digest,
@@ -375,14 +382,21 @@ class Coordinator:
                 .where(t.task_runs.c.execution_id == execution_id, t.task_runs.c.task_id == task_id)
             ).first()
             if row is None or row.execution_state != S.RUNNING:
-                return None
-            if row.state not in (S.QUEUED, S.RETRYING):
-                return None
+                return None, []
+            state = row.state
+            if state == S.RUNNING and celery_id is not None and row.celery_id == celery_id:
+                step = self._step(tx, execution_id)
+                reason = f"worker process lost during attempt {row.attempts}; message redelivered"
+                if not self._lose(step, task_id, reason):
+                    return None, step.dispatch
+                state = S.QUEUED
+            if state not in (S.QUEUED, S.RETRYING):
+                return None, []
             attempt = row.attempts + 1
             if not tx.cas_task(
                 execution_id,
                 task_id,
-                row.state,
+                state,
                 S.RUNNING,
                 f"attempt {attempt}",
                 require_execution=S.RUNNING,
@@ -391,12 +405,71 @@ class Coordinator:
                 celery_id=celery_id,
                 worker=worker,
             ):
-                return None
+                return None, []
             wf = self.definitions.get(row.digest, tx)
             results = tx.results(execution_id, self.definitions.results_for(wf, task_id))
-            return Claim(wf, wf.task(task_id), dict(row.vars), results, attempt, execution_id)
+            claim = Claim(wf, wf.task(task_id), dict(row.vars), results, attempt, execution_id)
+            return claim, []
 
-        return self.store.transact(body)
+        claim, dispatches = self.store.transact(body)
+        self._send(dispatches)
+        return claim
+
+    def _lose(self, step: _Step, task_id: str, reason: str) -> bool:
+        """A running attempt was lost with its worker: back to `queued` if attempts remain.
+
+        Otherwise the task fails (and what depends on it is settled); returns True if requeued.
+        """
+        tx, eid = step.tx, step.execution_id
+        row = tx.task(eid, task_id)
+        if row is None or row.state != S.RUNNING:
+            return False
+        if row.attempts < step.wf.task(task_id).retries + 1:
+            return tx.cas_task(eid, task_id, S.RUNNING, S.QUEUED, reason, queued_at=tx.now)
+        error = f"{reason}; no attempts left ({row.attempts} made)"
+        if tx.cas_task(eid, task_id, S.RUNNING, S.FAILED, error, error=error, finished_at=tx.now):
+            step.settled.append((task_id, S.FAILED))
+            self._propagate(step)
+            self._settle(step)
+        return False
+
+    def recover_lost(self, execution_id: str, task_id: str, reason: str) -> bool:
+        """Requeue (or fail, when out of attempts) a running task whose worker is gone."""
+
+        def body(tx: Tx) -> list[Dispatch]:
+            step = self._step(tx, execution_id)
+            if self._lose(step, task_id, reason) and step.state == S.RUNNING:
+                step.dispatch.append(self._dispatch_of(step, task_id))
+            return step.dispatch
+
+        dispatches = self.store.transact(body)
+        self._send(dispatches)
+        return bool(dispatches)
+
+    def redispatch(self, items: Sequence[tuple[str, str]]) -> int:
+        """Publish again the messages of queued or retrying tasks (duplicates are harmless)."""
+
+        def body(tx: Tx) -> list[Dispatch]:
+            out: list[Dispatch] = []
+            steps: dict[str, _Step] = {}
+            for eid, tid in items:
+                step = steps.get(eid) or steps.setdefault(eid, self._step(tx, eid))
+                res = tx.conn.execute(
+                    t.task_runs.update()
+                    .where(
+                        t.task_runs.c.execution_id == eid,
+                        t.task_runs.c.task_id == tid,
+                        t.task_runs.c.state.in_([S.QUEUED, S.RETRYING]),
+                    )
+                    .values(queued_at=tx.now)
+                )
+                if res.rowcount == 1 and step.state == S.RUNNING:
+                    out.append(self._dispatch_of(step, tid))
+            return out
+
+        dispatches = self.store.transact(body)
+        self._send(dispatches)
+        return len(dispatches)
 
     def succeeded(self, execution_id: str, task_id: str, result: Any) -> bool:
         """Record a task's result and dispatch what became ready; False if it was not running."""
@@ -413,7 +486,11 @@ class Coordinator:
             if not tx.cas_task(
                 execution_id, task_id, S.RUNNING, to, reason, finished_at=tx.now, **values
             ):
-                log.info("ignored %s of %s/%s: it is no longer running", to, execution_id, task_id)
+                row = tx.task(execution_id, task_id)
+                now = row.state if row is not None else "unknown"
+                # A note, not a transition: `from` equals `to`.
+                tx.record(execution_id, task_id, now, now, f"late {to} ignored: task is {now}")
+                log.info("ignored %s of %s/%s: it is %s", to, execution_id, task_id, now)
                 return False, []
             step.settled.append((task_id, to))
             self._propagate(step)
@@ -427,9 +504,16 @@ class Coordinator:
     def retrying(self, execution_id: str, task_id: str, error: str, countdown: float) -> bool:
         """Record that a failed attempt will be retried after ``countdown`` seconds."""
         reason = f"{error}; retrying in {countdown:.2f}s"
+        due = timedelta(seconds=countdown)
         return self.store.transact(
             lambda tx: tx.cas_task(
-                execution_id, task_id, S.RUNNING, S.RETRYING, reason, error=error
+                execution_id,
+                task_id,
+                S.RUNNING,
+                S.RETRYING,
+                reason,
+                error=error,
+                queued_at=tx.now + due,
             )
         )
 

@@ -60,3 +60,23 @@ def until_flag(ctx: TaskContext) -> str:
 def add(ctx: TaskContext) -> int:
     """Sum the integer results of the upstream tasks plus ``params.n``."""
     return int(ctx.params.get("n", 1)) + sum(v for v in ctx.results.values() if isinstance(v, int))
+
+
+def append_line(ctx: TaskContext) -> str:
+    """Append one line to ``params.path`` (a side effect to count), after ``params.seconds``."""
+    time.sleep(float(ctx.params.get("seconds", 0)))
+    with open(str(ctx.params["path"]), "a") as fh:
+        fh.write(f"{ctx.idempotency_key} attempt {ctx.attempt}\n")
+    return ctx.idempotency_key
+
+
+def kill_my_process(ctx: TaskContext) -> None:
+    """A poison task: kill the process running it."""
+    os.kill(os.getpid(), 9)
+
+
+def pid_then_sleep(ctx: TaskContext) -> dict[str, Any]:
+    """Write this process id to ``params.pidfile`` then sleep ``params.seconds``."""
+    Path(str(ctx.params["pidfile"])).write_text(str(os.getpid()))
+    time.sleep(float(ctx.params.get("seconds", 2)))
+    return {"pid": os.getpid(), "attempt": ctx.attempt}

@@ -13,6 +13,9 @@ def assert_legal_history(history: Sequence[dict[str, Any]]) -> None:
     current: dict[str | None, str | None] = {}
     for event in history:
         who = event["task_id"]
+        if event["from"] == event["to"]:  # a note (e.g. a late result ignored), not a change
+            assert event["to"] == current.get(who), f"{who}: note about a state it is not in"
+            continue
         before = current.get(who, None if who is None else S.PENDING)
         assert event["from"] == before, f"{who}: recorded from {event['from']!r}, was {before!r}"
         if who is None:

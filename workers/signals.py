@@ -8,6 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task, signals
 
+from flowq.coordinator import Coordinator
+from flowq.recovery import Maintenance
+from flowq.store import Store
 from workers.app import error_line
 
 if TYPE_CHECKING:
@@ -74,10 +77,30 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
     signals.task_retry.connect(on_retry, sender=task, weak=False)
     signals.task_revoked.connect(on_revoked, sender=task, weak=False)
 
+    maintenance: list[Maintenance] = []
+
     def on_process_init(**_: Any) -> None:
         runtime.reset_after_fork()
+        for m in maintenance:  # a pool child must not touch the parent's connections
+            m.coordinator.store.engine.dispose(close=False)
+
+    def on_ready(sender: Any, **_: Any) -> None:
+        if getattr(sender, "app", None) is not app or runtime.settings.embedded:
+            return
+        from workers.app import CeleryDispatcher
+
+        store = Store(runtime.settings.database_url)
+        m = Maintenance(Coordinator(store, CeleryDispatcher(app)), str(sender.hostname))
+        m.start()
+        maintenance.append(m)
+
+    def on_shutdown(**_: Any) -> None:
+        while maintenance:
+            maintenance.pop().stop()
 
     signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.worker_ready.connect(on_ready, weak=False)
+    signals.worker_shutdown.connect(on_shutdown, weak=False)
 
 
 def _record(runtime: Runtime, what: str, ids: tuple[str, str], fn: Any) -> None:

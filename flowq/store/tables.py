@@ -89,3 +89,12 @@ history = sa.Table(
     sa.Column("at", TS, nullable=False),
     sa.Index("ix_flowq_history_execution", "execution_id", "id"),
 )
+
+workers = sa.Table(
+    "flowq_workers",
+    metadata,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", TS, nullable=False),
+    sa.Column("last_seen", TS, nullable=False),
+)

@@ -46,12 +46,14 @@ class Cluster:
             check=False,
         )
 
-    def start_worker(self, name: str, *extra: str, concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(
+        self, name: str, *extra: str, concurrency: int = 2, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         """Start a `flowq worker` process and wait until it consumes."""
         log = self.logs / f"{name}.log"
         proc = subprocess.Popen(
             [*FLOWQ, "worker", "-c", str(concurrency), "-n", f"{name}@%h", *extra],
-            env=self.env,
+            env={**self.env, **(env or {})},
             cwd=ROOT,
             stdout=log.open("wb"),
             stderr=subprocess.STDOUT,

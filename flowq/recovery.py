@@ -1,0 +1,125 @@
+"""Recovery: worker heartbeats, and a reconciler that re-dispatches what the broker lost.
+
+The store is the source of truth; Redis and Celery messages can be lost (a worker killed with
+SIGKILL, Redis restarted or flushed). Each worker process records a heartbeat. The reconciler,
+run by every `flowq worker` on a timer, finds
+
+* `running` tasks whose worker has not been seen for ``lease`` seconds: that attempt is lost;
+  the task goes back to `queued` and is dispatched again, or fails once its attempts are used;
+* `queued` / `retrying` tasks still waiting ``redispatch_after`` seconds after they were due:
+  their message is published again (a duplicate is harmless: only one claim can win).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+
+from flowq.coordinator import Coordinator
+from flowq.store import Tx, utcnow
+
+log = logging.getLogger("flowq.recovery")
+
+
+def _env_seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class RecoverySettings:
+    """Timings of heartbeats and recovery, from FLOWQ_HEARTBEAT_SECONDS, FLOWQ_LEASE_SECONDS,
+    FLOWQ_REDISPATCH_SECONDS."""
+
+    heartbeat: float = 2.0
+    lease: float = 20.0
+    redispatch_after: float = 120.0
+
+    @classmethod
+    def from_env(cls) -> RecoverySettings:
+        """Read the timings from the environment."""
+        return cls(
+            heartbeat=_env_seconds("FLOWQ_HEARTBEAT_SECONDS", cls.heartbeat),
+            lease=_env_seconds("FLOWQ_LEASE_SECONDS", cls.lease),
+            redispatch_after=_env_seconds("FLOWQ_REDISPATCH_SECONDS", cls.redispatch_after),
+        )
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """What one reconciler pass did."""
+
+    requeued: int
+    redispatched: int
+
+
+def reconcile(coordinator: Coordinator, settings: RecoverySettings) -> Recovered:
+    """One pass: recover tasks of lost workers, re-publish overdue messages."""
+    now = utcnow()
+    lost = coordinator.store.read(
+        lambda tx: tx.lost_running(now - timedelta(seconds=settings.lease))
+    )
+    requeued = 0
+    for row in lost:
+        reason = f"worker {row.worker or '(unknown)'} lost: no heartbeat for {settings.lease:g}s"
+        if coordinator.recover_lost(row.execution_id, row.task_id, reason):
+            requeued += 1
+    waiting = coordinator.store.read(
+        lambda tx: tx.stale_waiting(now - timedelta(seconds=settings.redispatch_after))
+    )
+    redispatched = coordinator.redispatch([(r.execution_id, r.task_id) for r in waiting])
+    if requeued or redispatched:
+        log.warning(
+            "recovery: requeued %d lost task(s), re-published %d message(s)", requeued, redispatched
+        )
+    return Recovered(requeued, redispatched)
+
+
+class Maintenance:
+    """A daemon thread in a worker: heartbeat every few seconds, reconcile after each."""
+
+    def __init__(
+        self, coordinator: Coordinator, name: str, settings: RecoverySettings | None = None
+    ) -> None:
+        self.coordinator = coordinator
+        self.name = name
+        self.settings = settings or RecoverySettings.from_env()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="flowq-maintenance", daemon=True)
+
+    def start(self) -> None:
+        """Record the first heartbeat now, then keep going in the background."""
+        self.beat()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the thread and forget this worker (it shut down cleanly)."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+        try:
+            self.coordinator.store.transact(lambda tx: tx.forget_worker(self.name))
+        except Exception:
+            log.exception("could not remove worker %s from the store", self.name)
+
+    def beat(self) -> None:
+        """Record that this worker is alive."""
+        pid = os.getpid()
+
+        def body(tx: Tx) -> None:
+            tx.heartbeat(self.name, pid)
+
+        self.coordinator.store.transact(body)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.heartbeat):
+            try:
+                self.beat()
+                reconcile(self.coordinator, self.settings)
+            except Exception:
+                log.exception("heartbeat or recovery pass failed; trying again")
