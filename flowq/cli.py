@@ -264,6 +264,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_api(args: argparse.Namespace) -> int:
+    from flowq.api.server import serve
+
+    serve(args.host, args.port)
+    return EXIT_OK
+
+
 def cmd_flower(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if settings.embedded:
@@ -384,6 +391,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-P", "--pool", default=None, help="Celery pool (prefork, threads, solo)")
     p.add_argument("-l", "--loglevel", default="INFO")
     p.set_defaults(fn=cmd_worker)
+
+    p = sub.add_parser("api", help="the HTTP API (uvicorn)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.set_defaults(fn=cmd_api)
 
     p = sub.add_parser("flower", help="Flower on the same broker")
     p.add_argument("--port", type=int, default=5555)

@@ -28,6 +28,7 @@ assert set(get_args(ExecutionState)) == set(S.EXECUTION_STATES), "schemas lag fl
 assert set(get_args(TaskState)) == set(S.TASK_STATES), "schemas lag flowq.states"
 
 Timestamp = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+IdempotencyKey = Annotated[str, Field(min_length=1, max_length=200, pattern=KEY_PATTERN)]
 
 
 class _Out(BaseModel):
@@ -46,10 +47,10 @@ class ErrorBody(_Out):
 
     detail: str = Field(description="what was wrong, in one line")
     problems: list[str] | None = Field(
-        None, description="422 only: one line per problem (definition, vars or request)"
+        default=None, description="422 only: one line per problem (definition, vars or request)"
     )
     state: ExecutionState | None = Field(
-        None, description="409 on a state change only: the execution's current state"
+        default=None, description="409 on a state change only: the execution's current state"
     )
 
 
@@ -102,13 +103,13 @@ class StartRequest(_In):
         default_factory=dict, description="must satisfy the definition's `inputs` schema"
     )
     priority: Annotated[int, Field(ge=0, le=9)] | None = Field(
-        None, description="0 (least urgent) to 9 (most urgent); 5 when null"
+        default=None, description="0 (least urgent) to 9 (most urgent); 5 when null"
     )
-    idempotency_key: Annotated[str, Field(min_length=1, max_length=200, pattern=KEY_PATTERN)] | (
-        None
-    ) = Field(None, description="a second start with the same key returns the first execution")
+    idempotency_key: IdempotencyKey | None = Field(
+        default=None, description="a second start with the same key returns the first execution"
+    )
     version: Annotated[int, Field(ge=1)] | None = Field(
-        None, description="the definition version; the newest when null"
+        default=None, description="the definition version; the newest when null"
     )
 
 
@@ -180,5 +181,5 @@ class Health(_Out):
 
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] | None = Field(
-        None, description="503 only: `ok` or the one-line error of `broker` and `store`"
+        default=None, description="503 only: `ok` or the one-line error of `broker` and `store`"
     )

@@ -82,8 +82,12 @@ def test_cancel_revokes_running_and_starts_nothing(client: Client, tmp_path: Pat
 
 
 def test_cancel_from_paused(client: Client) -> None:
-    wf = Workflow.from_dict({"id": "c_cancel_p", "tasks": [
-        py("a", "sleep", params={"seconds": 0.5}), py("b", "noop", ("a",))]})
+    wf = Workflow.from_dict(
+        {
+            "id": "c_cancel_p",
+            "tasks": [py("a", "sleep", params={"seconds": 0.5}), py("b", "noop", ("a",))],
+        }
+    )
     client.register(wf, replace=True)
     eid = client.start("c_cancel_p", {})
     client.pause(eid)

@@ -1,0 +1,104 @@
+"""Fixtures for API tests: the real app served by uvicorn on a free port, over an embedded client.
+
+Tests talk HTTP to it with httpx, as any user would; ``api.client`` is the flowq Client behind
+the server (embedded worker threads, a fresh SQLite store).
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from flowq import Client, Settings
+from flowq.api import create_api
+
+
+@dataclass
+class Api:
+    """A served API: its base URL, an HTTP client for it, and the flowq Client behind it."""
+
+    url: str
+    http: httpx.Client
+    client: Client
+
+    def register(self, definition: dict[str, Any]) -> None:
+        response = self.http.post("/workflows", json=definition)
+        assert response.status_code == 201, response.text
+
+    def start(self, workflow_id: str, **body: Any) -> dict[str, Any]:
+        response = self.http.post(f"/workflows/{workflow_id}/executions", json=body)
+        assert response.status_code == 201, response.text
+        doc: dict[str, Any] = response.json()
+        return doc
+
+    def wait(self, execution_id: str, timeout: float = 30) -> dict[str, Any]:
+        """Poll GET /executions/{id} until the execution ended."""
+        deadline = time.monotonic() + timeout
+        while True:
+            doc: dict[str, Any] = self.http.get(f"/executions/{execution_id}").json()
+            if doc["state"] in ("completed", "failed", "cancelled"):
+                return doc
+            assert time.monotonic() < deadline, f"still {doc['state']} after {timeout}s"
+            time.sleep(0.05)
+
+
+@contextmanager
+def served(app: FastAPI) -> Iterator[str]:
+    """Serve ``app`` with uvicorn in a thread on a free port; yield its base URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+ServeApi = Callable[..., AbstractContextManager[Api]]
+
+
+@pytest.fixture
+def serve_api(tmp_path: Path) -> ServeApi:
+    """A factory: ``with serve_api(api_token="t", max_body=...) as api:`` serves one API."""
+
+    @contextmanager
+    def serve(
+        *, headers: dict[str, str] | None = None, max_body: int | None = None, **changes: Any
+    ) -> Iterator[Api]:
+        settings = replace(Settings(database_url=f"sqlite:///{tmp_path / 'state.db'}"), **changes)
+        with Client(settings) as client:
+            app = create_api(client, max_body=max_body)
+            with (
+                served(app) as url,
+                httpx.Client(base_url=url, headers=headers, timeout=30) as http,
+            ):
+                yield Api(url, http, client)
+
+    return serve
+
+
+@pytest.fixture
+def api(serve_api: ServeApi) -> Iterator[Api]:
+    """The API with default settings (no token) on an embedded client."""
+    with serve_api() as served_api:
+        yield served_api

@@ -1,0 +1,267 @@
+"""Nothing lost, nothing doubled: crashed workers, a flushed broker, duplicate messages."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+from flowq import Client, Workflow
+from flowq.coordinator import Dispatch
+from tests.engine.conftest import py
+from tests.history_check import assert_legal_history
+from tests.integration.conftest import Cluster
+from tests.integration.test_control import running_count, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+QUEUE = "durability"
+FAST_RECOVERY = {
+    "FLOWQ_HEARTBEAT_SECONDS": "0.5",
+    "FLOWQ_LEASE_SECONDS": "3",
+    "FLOWQ_REDISPATCH_SECONDS": "3",
+}
+
+
+@pytest.fixture
+def dedicated(cluster: Cluster) -> Iterator[list[Any]]:
+    """Workers started by a test on the durability queue; stopped afterwards."""
+    started: list[Any] = []
+    yield started
+    for proc in started:
+        cluster.stop_worker(proc, signal.SIGKILL)
+
+
+def start(cluster: Cluster, started: list[Any], name: str, concurrency: int = 1) -> Any:
+    proc = cluster.start_worker(name, "-Q", QUEUE, concurrency=concurrency, env=FAST_RECOVERY)
+    started.append(proc)
+    return proc
+
+
+def task(task_id: str, fn: str, deps: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    return py(task_id, fn, deps, queue=QUEUE, **extra)
+
+
+def test_worker_killed_mid_task_runs_again_elsewhere(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    victim = start(cluster, dedicated, "victim")
+    pidfile = tmp_path / "pid"
+    wf = Workflow.from_dict({"id": "k_main", "tasks": [
+        task("work", "pid_then_sleep", params={"pidfile": str(pidfile), "seconds": 6},
+             retries=1),
+        task("after", "noop", ("work",))]})  # fmt: skip
+    client.register(wf, replace=True)
+    eid = client.start("k_main", {})
+    wait_for(lambda: pidfile.exists(), what="the task to start on the victim")
+    start(cluster, dedicated, "rescuer")
+    assert client.status(eid)["tasks"]["work"]["state"] == "running"
+    killed_at = time.monotonic()
+    os.killpg(victim.pid, signal.SIGKILL)  # the worker and its pool: like a machine dying
+    doc = client.wait(eid, timeout=60)
+    assert time.monotonic() - killed_at < 30
+    assert doc["state"] == "completed"
+    assert doc["tasks"]["work"]["attempts"] == 2
+    assert doc["tasks"]["work"]["result"]["attempt"] == 2
+    history = client.history(eid)
+    assert_legal_history(history)
+    assert [h["to"] for h in history if h["task_id"] == "work"].count("succeeded") == 1
+    lost = [h for h in history if h["task_id"] == "work" and h["from"] == "running"
+            and h["to"] == "queued"]  # fmt: skip
+    assert lost and "lost" in lost[0]["reason"]
+
+
+def test_pool_child_killed_mid_task_is_redelivered(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    start(cluster, dedicated, "child_victim")
+    pidfile = tmp_path / "pid"
+    wf = Workflow.from_dict({"id": "k_child", "tasks": [
+        task("work", "pid_then_sleep", params={"pidfile": str(pidfile), "seconds": 2},
+             retries=1)]})  # fmt: skip
+    client.register(wf, replace=True)
+    eid = client.start("k_child", {})
+    wait_for(lambda: pidfile.exists(), what="the task to start")
+    first_pid = int(pidfile.read_text())
+    os.kill(first_pid, signal.SIGKILL)
+    doc = client.wait(eid, timeout=60)
+    assert doc["state"] == "completed"
+    assert doc["tasks"]["work"]["attempts"] == 2
+    assert doc["tasks"]["work"]["result"]["pid"] != first_pid
+    assert_legal_history(client.history(eid))
+
+
+def test_poison_task_fails_after_its_attempts(
+    cluster: Cluster, client: Client, dedicated: list[Any]
+) -> None:
+    start(cluster, dedicated, "poisoned")
+    wf = Workflow.from_dict(
+        {
+            "id": "k_poison",
+            "tasks": [
+                task("poison", "kill_my_process", retries=1),
+                task("after", "noop", ("poison",)),
+            ],
+        }
+    )
+    client.register(wf, replace=True)
+    doc = client.wait(client.start("k_poison", {}), timeout=90)
+    assert doc["state"] == "failed"
+    assert doc["tasks"]["poison"]["state"] == "failed"
+    assert doc["tasks"]["poison"]["attempts"] == 2
+    assert "worker process lost" in doc["tasks"]["poison"]["error"]
+    assert doc["tasks"]["after"]["state"] == "upstream_failed"
+    assert_legal_history(client.history(doc["execution_id"]))
+
+
+def test_flushed_broker_loses_nothing(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    start(cluster, dedicated, "flushed", concurrency=2)
+    effects = tmp_path / "effects.txt"
+    tasks = [task("root", "noop")] + [
+        task(f"t{i}", "append_line", ("root",), params={"path": str(effects), "seconds": 0.5})
+        for i in range(12)
+    ]
+    tasks.append(task("join", "noop", tuple(f"t{i}" for i in range(12))))
+    client.register(Workflow.from_dict({"id": "k_flush", "tasks": tasks}), replace=True)
+    eid = client.start("k_flush", {})
+    wait_for(lambda: effects.exists(), what="the first side effect")
+    redis.Redis.from_url(cluster.env["FLOWQ_BROKER_URL"]).flushdb()  # queued messages vanish
+    doc = client.wait(eid, timeout=120)
+    assert doc["state"] == "completed"
+    lines = effects.read_text().splitlines()
+    keys = [line.split(" ")[0] for line in lines]
+    assert sorted(set(keys)) == sorted(f"{eid}:t{i}" for i in range(12))
+    history = client.history(eid)
+    for i in range(12):
+        assert [h["to"] for h in history if h["task_id"] == f"t{i}"].count("succeeded") == 1
+    assert_legal_history(history)
+
+
+def test_duplicate_message_is_recorded_once(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    start(cluster, dedicated, "dup", concurrency=2)
+    effects = tmp_path / "effects.txt"
+    wf = Workflow.from_dict(
+        {
+            "id": "k_dup",
+            "tasks": [task("once", "append_line", params={"path": str(effects), "seconds": 1.0})],
+        }
+    )
+    client.register(wf, replace=True)
+    eid = client.start("k_dup", {})
+    wait_for(lambda: client.status(eid)["tasks"]["once"]["state"] == "running", what="start")
+    dup = Dispatch(eid, "once", "k_dup", 1, wf.digest(), 5, QUEUE)
+    client.coordinator.dispatcher.send([dup])  # while it runs
+    doc = client.wait(eid, timeout=30)
+    client.coordinator.dispatcher.send([dup])  # after it finished
+    time.sleep(1.5)
+    assert doc["state"] == "completed"
+    assert effects.read_text().count(f"{eid}:once") == 1
+    assert client.status(eid)["tasks"]["once"]["attempts"] == 1
+    history = client.history(eid)
+    assert running_count(history, "once") == 1
+    assert_legal_history(history)
+
+
+def _wait_port(port: int, up: bool, timeout: float = 30) -> None:
+    import socket
+
+    def answers() -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    wait_for(lambda: answers() == up, timeout, f"port {port} {'up' if up else 'down'}")
+
+
+def _need(tool: str) -> None:
+    import shutil
+
+    if shutil.which(tool) is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{tool} is needed to restart the service under CI")
+        pytest.skip(f"{tool} not installed: cannot restart the service here")
+
+
+def restart_redis() -> None:
+    """Stop the Redis server and start it again, empty (it keeps nothing on disk here)."""
+    import subprocess
+
+    _need("redis-server")
+    subprocess.run(["redis-cli", "-h", "127.0.0.1", "shutdown", "nosave"], check=False,
+                   capture_output=True)  # fmt: skip
+    _wait_port(6379, up=False)
+    os.makedirs("/var/lib/redis", exist_ok=True)
+    os.makedirs("/var/log/redis", exist_ok=True)
+    subprocess.run(
+        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "-::1", "--port", "6379",
+         "--save", "", "--appendonly", "no", "--dir", "/var/lib/redis",
+         "--logfile", "/var/log/redis/ci.log"],
+        check=True,
+    )  # fmt: skip
+    _wait_port(6379, up=True)
+
+
+def restart_postgres() -> None:
+    """Restart the Postgres cluster (every connection is dropped)."""
+    import subprocess
+
+    _need("pg_ctlcluster")
+    version = sorted(os.listdir("/etc/postgresql"))[-1]
+    subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart"],
+                   check=True, capture_output=True)  # fmt: skip
+    _wait_port(5432, up=True)
+
+
+def test_redis_restarted_while_tasks_queued_and_running(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    start(cluster, dedicated, "redis_restart", concurrency=2)
+    effects = tmp_path / "effects.txt"
+    tasks = [task("root", "noop")] + [
+        task(f"t{i}", "append_line", ("root",), params={"path": str(effects), "seconds": 0.5})
+        for i in range(8)
+    ]
+    tasks.append(task("join", "noop", tuple(f"t{i}" for i in range(8))))
+    client.register(Workflow.from_dict({"id": "k_redis", "tasks": tasks}), replace=True)
+    eid = client.start("k_redis", {})
+    wait_for(lambda: effects.exists(), what="the first side effect")
+    restart_redis()
+    doc = client.wait(eid, timeout=120)
+    assert doc["state"] == "completed"
+    history = client.history(eid)
+    for i in range(8):
+        assert [h["to"] for h in history if h["task_id"] == f"t{i}"].count("succeeded") == 1
+    keys = {line.split(" ")[0] for line in effects.read_text().splitlines()}
+    assert keys == {f"{eid}:t{i}" for i in range(8)}
+    assert_legal_history(history)
+
+
+def test_postgres_restarted_while_a_workflow_runs(
+    cluster: Cluster, client: Client, dedicated: list[Any]
+) -> None:
+    start(cluster, dedicated, "pg_restart", concurrency=2)
+    tasks = [task("s0", "sleep", params={"seconds": 0.4})] + [
+        task(f"s{i}", "sleep", (f"s{i - 1}",), params={"seconds": 0.4}) for i in range(1, 8)
+    ]
+    client.register(Workflow.from_dict({"id": "k_pg", "tasks": tasks}), replace=True)
+    eid = client.start("k_pg", {})
+    wait_for(lambda: client.status(eid)["tasks"]["s2"]["state"] == "running", what="s2")
+    restart_postgres()
+    doc = client.wait(eid, timeout=120)
+    assert doc["state"] == "completed"
+    history = client.history(eid)
+    for i in range(8):
+        assert [h["to"] for h in history if h["task_id"] == f"s{i}"].count("succeeded") == 1
+    assert_legal_history(history)
