@@ -1,10 +1,17 @@
 """Workflow definitions: pydantic models, loading YAML/JSON, and every check of ``flowq validate``.
 
 Every problem is one line, ``"<source>: task '<id>': <reason>"`` or ``"<source>: <reason>"``.
+
+``retry_backoff_max`` and ``timeout`` are at most ``MAX_BROKER_WAIT`` seconds: Redis redelivers a
+message that stayed unacknowledged longer than its ``visibility_timeout`` (3600 s in
+``workers/config.py``), so a longer retry countdown (held as an ETA message) or a longer attempt
+(acknowledged late) would run twice (celery#2481, kombu#337). Keeping every wait below it by
+construction needs no second place to hold delayed work.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import json
@@ -39,6 +46,10 @@ DEFAULTABLE: Final[tuple[str, ...]] = (
 )
 # fmt: on
 TASK_TYPES: Final[tuple[str, ...]] = ("python", "http", "sql", "file")
+MAX_BROKER_WAIT: Final = 3000.0
+"""Longest retry delay or attempt, in seconds: below Redis' visibility_timeout (3600 s), with room
+for the hard time limit's grace and clock skew between workers."""
+CONNECTION_ENV_PREFIX: Final = "FLOWQ_CONN_"
 _IDENT: Final = r"[A-Za-z_][A-Za-z0-9_]*"
 _SOURCE: ContextVar[str] = ContextVar("flowq_definition_source", default="<python>")
 
@@ -86,12 +97,24 @@ def _unique(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def _broker_wait(value: float) -> float:
+    if value > MAX_BROKER_WAIT:
+        raise PydanticCustomError(
+            "flowq",
+            f"must be <= {MAX_BROKER_WAIT:g} seconds (got {_shown(value)}): a longer wait would "
+            "outlive the broker's visibility timeout (3600 s) and run the task twice",
+        )
+    return value
+
+
 TaskId = Annotated[str, _matching(r"[A-Za-z0-9_-]+")]
 WorkflowId = Annotated[str, _matching(r"[A-Za-z0-9_.-]+")]
 Handler = Annotated[str, _matching(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", "'module.path:function'")]
 Count = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(gt=0)]
 Delay = Annotated[float, Field(ge=0)]
+MaxDelay = Annotated[float, Field(ge=0), AfterValidator(_broker_wait)]
+Timeout = Annotated[float, Field(gt=0), AfterValidator(_broker_wait)]
 Priority = Annotated[int, Field(ge=0, le=9)]
 TriggerRule = Annotated[str, _one_of("trigger_rule", TRIGGER_RULES)]
 Queue = Annotated[str, Field(min_length=1)]
@@ -117,9 +140,9 @@ class TaskBase(_Strict):
     trigger_rule: TriggerRule = "all_success"
     retries: Count = 0
     retry_backoff: Delay = 1.0
-    retry_backoff_max: Delay = 60.0
+    retry_backoff_max: MaxDelay = 60.0
     retry_jitter: bool = True
-    timeout: Seconds | None = None
+    timeout: Timeout | None = None
     priority: Priority | None = None
     queue: Queue = "flowq"
 
@@ -215,9 +238,9 @@ class _Defaults(_Strict):
 
     retries: Count = 0
     retry_backoff: Delay = 1.0
-    retry_backoff_max: Delay = 60.0
+    retry_backoff_max: MaxDelay = 60.0
     retry_jitter: bool = True
-    timeout: Seconds | None = None
+    timeout: Timeout | None = None
     priority: Priority | None = None
     queue: Queue = "flowq"
     trigger_rule: TriggerRule = "all_success"
@@ -557,6 +580,36 @@ class Workflow(_Strict):
                 found |= used
             self._needs[task_id] = frozenset(found)
         return self._needs[task_id]
+
+    def apply_defaults(self, vars: Mapping[str, Any]) -> dict[str, Any]:
+        """``vars`` plus each ``inputs.properties.<name>.default`` whose name is missing."""
+        values = dict(vars)
+        properties = (self.inputs or {}).get("properties")
+        if isinstance(properties, Mapping):
+            for name, schema in properties.items():
+                if name not in values and isinstance(schema, Mapping) and "default" in schema:
+                    values[name] = copy.deepcopy(schema["default"])
+        return values
+
+    def missing_connections(self, env: Mapping[str, str] | None = None) -> list[str]:
+        """One line per ``sql`` task whose connection has no ``FLOWQ_CONN_<NAME>`` in ``env``."""
+        found = os.environ if env is None else env
+        lines = []
+        for task in self.tasks:
+            if isinstance(task, SqlTask):
+                name = CONNECTION_ENV_PREFIX + task.connection.upper()
+                if not found.get(name):
+                    lines.append(
+                        f"task {task.id!r}: sql connection {task.connection!r} is not "
+                        f"configured: set {name} to its SQLAlchemy URL"
+                    )
+        return lines
+
+    def check_connections(self, env: Mapping[str, str] | None = None, source: str = "") -> None:
+        """Raise ValidationError naming each ``sql`` task whose connection ``env`` lacks."""
+        lines = self.missing_connections(env)
+        if lines:
+            raise ValidationError([f"{source}: {line}" if source else line for line in lines])
 
     def validate_vars(self, vars: Mapping[str, Any]) -> None:
         """Raise ValidationError if ``vars`` fail ``inputs``: one line per problem, with a path."""

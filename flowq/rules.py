@@ -20,6 +20,7 @@ def decide(
     ``failed`` counts upstream tasks that failed, were upstream_failed or cancelled. A decision
     other than ``wait`` may come before every upstream task has ended (Airflow does the same):
     ``one_success`` runs on the first success, ``all_success`` gives up on the first failure.
+    Every decision is the same whatever order the upstream tasks end in.
     """
     done = remaining == 0
     if total == 0:
@@ -27,9 +28,9 @@ def decide(
     if rule == "all_success":
         if failed:
             return UPSTREAM_FAILED
-        if skipped:
-            return SKIP
-        return RUN if done else WAIT
+        if not done:
+            return WAIT  # a skip waits for the rest: a later failure makes it upstream_failed
+        return SKIP if skipped else RUN
     if rule == "all_done":
         return RUN if done else WAIT
     if rule == "one_success":

@@ -1,4 +1,21 @@
-"""The Celery app factory and the one generic task that runs a workflow task."""
+"""The Celery app factory and the one generic task that runs a workflow task.
+
+Retries: a failed attempt (any exception but ``PermanentError``) is recorded as ``retrying`` and
+re-sent by Celery with ``countdown=backoff_delay(...)``: ``retry_backoff`` doubling per retry,
+capped by ``retry_backoff_max``, jittered in [0, delay] when ``retry_jitter``. The worker holds
+that message as an ETA task, unacknowledged; validation keeps the cap (and ``timeout``) at most
+``flowq.definition.MAX_BROKER_WAIT`` (3000 s), below Redis' ``visibility_timeout`` (3600 s), so a
+delayed retry is never redelivered and run twice (celery#2481, kombu#337).
+
+Timeouts: under the prefork pool Celery enforces ``timeout`` itself (``time_limits``): the soft
+limit raises ``SoftTimeLimitExceeded`` inside the task, turned into ``TaskTimeout``; the hard limit,
+``HARD_LIMIT_GRACE`` seconds later, kills a task that ignored it (recorded as failed by
+``workers.signals``). Pools without time limits (the embedded threads pool, ``-P threads``,
+``solo``) run the handler in a helper thread and stop waiting for it after ``timeout``: the attempt
+fails with ``TaskTimeout``, but Python cannot kill a thread, so the abandoned handler runs on in
+the background until it returns by itself, and its result is discarded. Either way a timed-out
+attempt is a failed attempt, retried while attempts remain.
+"""
 
 from __future__ import annotations
 
@@ -7,21 +24,23 @@ import json
 import logging
 import os
 import random
+import signal
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from billiard import pool as billiard_pool  # type: ignore[import-untyped]
 from celery import Celery, Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
 from flowq.context import TaskContext
 from flowq.coordinator import Claim, Coordinator, Dispatch
-from flowq.errors import PermanentError
+from flowq.errors import PermanentError, TaskError
 from flowq.settings import Settings
 from flowq.store import Store
 from flowq.templates import render
-from workers.handlers import handler_for
+from workers.handlers import Handler, handler_for
 
 log = logging.getLogger("flowq.worker")
 
@@ -47,6 +66,62 @@ def time_limits(timeout: float | None) -> dict[str, float]:
     if timeout is None:
         return {}
     return {"soft_time_limit": timeout, "time_limit": timeout + HARD_LIMIT_GRACE}
+
+
+class TaskTimeout(TaskError):
+    """An attempt ran longer than its task's ``timeout``; retried while attempts remain."""
+
+
+def _timed_out(timeout: float) -> TaskTimeout:
+    return TaskTimeout(f"the attempt ran longer than the task's timeout of {timeout:g}s")
+
+
+def celery_enforces_time_limits() -> bool:
+    """True in a prefork pool process, where Celery's soft limit raises inside the task."""
+    sig = getattr(signal, "SIGUSR1", None)
+    return (
+        sig is not None
+        and threading.current_thread() is threading.main_thread()
+        and signal.getsignal(sig) is billiard_pool.soft_timeout_sighandler
+    )
+
+
+def call_with_timeout(
+    handler: Handler, spec: Mapping[str, Any], ctx: TaskContext, timeout: float | None
+) -> Any:
+    """Run ``handler`` and give up waiting after ``timeout`` seconds (pools without time limits).
+
+    The handler runs in a daemon helper thread; past the timeout that thread is abandoned, not
+    stopped (Python cannot kill a thread), and whatever it returns later is discarded.
+    """
+    if timeout is None or celery_enforces_time_limits():
+        return handler(spec, ctx)
+    outcome: dict[str, Any] = {}
+    done = threading.Event()
+
+    def attempt() -> None:
+        try:
+            outcome["result"] = handler(spec, ctx)
+        except BaseException as exc:  # re-raised in the calling thread below
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    name = f"flowq-attempt-{ctx.execution_id[:8]}-{ctx.task_id}-{ctx.attempt}"
+    threading.Thread(target=attempt, name=name, daemon=True).start()
+    if not done.wait(timeout):
+        log.warning(
+            "%s/%s attempt %d passed its timeout of %gs; abandoning its thread",
+            ctx.execution_id,
+            ctx.task_id,
+            ctx.attempt,
+            timeout,
+        )
+        raise _timed_out(timeout)
+    if "error" in outcome:
+        error: BaseException = outcome["error"]
+        raise error
+    return outcome["result"]
 
 
 def error_line(exc: BaseException) -> str:
@@ -125,7 +200,26 @@ class Runtime:
 
 
 def run_workflow_task(task: Task, claim: Claim, coordinator: Coordinator) -> Any:
-    """Render the task's templated fields, run its handler, and retry failures with backoff."""
+    """Run one attempt of the claimed task; retry a failed one with backoff while attempts remain."""
+    spec_task = claim.task
+    try:
+        return _attempt(claim)
+    except PermanentError:
+        raise
+    except Exception as exc:
+        done = int(task.request.retries or 0)
+        if done < spec_task.retries:
+            countdown = backoff_delay(
+                done, spec_task.retry_backoff, spec_task.retry_backoff_max, spec_task.retry_jitter
+            )
+            # Recorded before the retry message exists, so that message always finds `retrying`.
+            coordinator.retrying(claim.execution_id, spec_task.id, error_line(exc), countdown)
+            raise task.retry(exc=exc, countdown=countdown, max_retries=spec_task.retries) from exc
+        raise
+
+
+def _attempt(claim: Claim) -> Any:
+    """Render the task's templated fields and run its handler within the task's timeout."""
     spec_task = claim.task
     context = {"vars": claim.vars, "results": claim.results, "execution_id": claim.execution_id}
     direct = {d: claim.results[d] for d in spec_task.depends_on if d in claim.results}
@@ -144,24 +238,14 @@ def run_workflow_task(task: Task, claim: Claim, coordinator: Coordinator) -> Any
             attempt=claim.attempt,
             workflow_id=claim.workflow.id,
         )
-        result = handler_for(spec_task.type)(spec, ctx)
-        try:
-            json.dumps(result)
-        except (TypeError, ValueError) as exc:
-            raise PermanentError(f"result is not JSON-serialisable: {exc}") from exc
-        return result
-    except PermanentError:
-        raise
-    except Exception as exc:
-        done = int(task.request.retries or 0)
-        if done < spec_task.retries:
-            countdown = backoff_delay(
-                done, spec_task.retry_backoff, spec_task.retry_backoff_max, spec_task.retry_jitter
-            )
-            # Recorded before the retry message exists, so that message always finds `retrying`.
-            coordinator.retrying(claim.execution_id, spec_task.id, error_line(exc), countdown)
-            raise task.retry(exc=exc, countdown=countdown, max_retries=spec_task.retries) from exc
-        raise
+        result = call_with_timeout(handler_for(spec_task.type), spec, ctx, spec_task.timeout)
+    except SoftTimeLimitExceeded as exc:
+        raise _timed_out(spec_task.timeout or 0) from exc
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise PermanentError(f"result is not JSON-serialisable: {exc}") from exc
+    return result
 
 
 def _load_celeryconfig(app: Celery) -> None:

@@ -6,7 +6,10 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
+from types import SimpleNamespace
+
 from celery import Celery, Task, signals
+from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from flowq.coordinator import Coordinator
 from flowq.recovery import Maintenance
@@ -53,11 +56,19 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
             _record(runtime, "succeeded", ids, lambda c: c.succeeded(ids[0], ids[1], result))
 
-    def on_failure(sender: Task, exception: BaseException, **_: Any) -> None:
+    def on_failure(sender: Task, exception: BaseException, **info: Any) -> None:
         ids = _ids(sender.request)
         if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
             error = error_line(exception)
             _record(runtime, "failed", ids, lambda c: c.failed(ids[0], ids[1], error))
+            return
+        # Reported by the worker's main process: the pool process running the task was killed
+        # (hard time limit) or lost, so no handler in it recorded anything. `failed` only moves
+        # a task that is still `running`.
+        lost = _ids(SimpleNamespace(kwargs=info.get("kwargs")))
+        if lost is not None and isinstance(exception, TimeLimitExceeded | WorkerLostError):
+            error = _lost_line(exception)
+            _record(runtime, "failed", lost, lambda c: c.failed(lost[0], lost[1], error))
 
     def on_retry(sender: Task, request: Any, reason: Any, **_: Any) -> None:
         # `retrying` is recorded by the task itself before Celery publishes the retry message;
@@ -101,6 +112,18 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
     signals.worker_process_init.connect(on_process_init, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
+
+
+def _lost_line(exc: BaseException) -> str:
+    """The error of a task whose pool process was killed or lost."""
+    if isinstance(exc, TimeLimitExceeded):
+        limit = exc.args[0] if exc.args else None
+        within = f" of {limit:g}s" if isinstance(limit, int | float) else ""
+        return (
+            f"TimeLimitExceeded: the attempt ignored its soft time limit and passed the hard "
+            f"limit{within}; its worker process was killed"
+        )
+    return error_line(exc)
 
 
 def _record(runtime: Runtime, what: str, ids: tuple[str, str], fn: Any) -> None:

@@ -16,6 +16,8 @@ from kombu.exceptions import OperationalError as BrokerError
 from prometheus_client import CollectorRegistry
 from sqlalchemy import exc as sa_exc
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import flowq
@@ -127,6 +129,8 @@ def _problem(err: Mapping[str, Any]) -> str:
     where = ".".join(loc) or "request"
     message = str(err.get("msg", "invalid"))
     value = err.get("input")
+    if isinstance(value, bytes) and loc == ["body"]:
+        return "body: not read as JSON; send it with `Content-Type: application/json`"
     if err.get("type") == "extra_forbidden":
         message = "unknown key"
     elif isinstance(value, str | int | float | bool) and err.get("type") != "missing":
@@ -143,6 +147,32 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
         problems = exc.problems
     detail = problems[0] if len(problems) == 1 else f"{len(problems)} problems: {problems[0]} ..."
     return _error(422, detail, problems=problems)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own errors (unknown path, wrong method...) in the same JSON shape."""
+    assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    detail = str(exc.detail)
+    if exc.status_code == 404 and detail == "Not Found":
+        detail = f"no such path: {request.url.path} (the API is described at /openapi.json)"
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        headers["Allow"] = ", ".join(allowed)
+        detail = (
+            f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
+        )
+    return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route accepts for this path (Starlette names only the first route's)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -174,6 +204,7 @@ async def _bug(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(ValidationError, _validation)
     app.add_exception_handler(NotFound, _not_found)
