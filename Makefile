@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 demo: install
 	$(BIN)/flowq run examples/order_processing.yaml --var order_id=42 --var sku=WIDGET-1 --var quantity=2
+	$(BIN)/python -m examples.show_order 42
+
+# The demo's inventory: a SQLite file here, unless FLOWQ_CONN_SHOP names another database.
+demo: export FLOWQ_CONN_SHOP ?= sqlite:///shop.db
 
 test: install
 	$(BIN)/pytest -q

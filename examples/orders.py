@@ -1,25 +1,57 @@
-"""Handlers of the order-processing example (``examples/order_processing.yaml``).
+"""Python tasks of the order-processing example (``examples/order_processing.yaml``).
 
-Each one sleeps briefly so that ``flowq run`` shows the tasks progressing, and the parallel
-branches (charge_payment, reserve_stock) visibly overlap.
+The rest of that workflow is typed tasks: an ``http`` charge, an ``sql`` stock reservation, a
+``file`` receipt and an ``http`` notification.
 """
 
 from __future__ import annotations
 
-import time
+import os
 from typing import Any, TypeGuard
 
+import sqlalchemy
+
+from examples import payment_service
 from flowq.context import TaskContext
 from flowq.errors import PermanentError
 
 UNIT_PRICES: dict[str, float] = {"WIDGET-1": 9.99, "WIDGET-2": 24.50, "GADGET-1": 99.00}
-DEFAULT_UNIT_PRICE = 10.00
-"""Price of a SKU missing from ``UNIT_PRICES``: the example has no real catalogue."""
+INITIAL_STOCK: dict[str, int] = {"WIDGET-1": 100, "WIDGET-2": 50, "GADGET-1": 25}
+SHOP_CONNECTION = "FLOWQ_CONN_SHOP"
+
+_CREATE = (
+    "CREATE TABLE IF NOT EXISTS inventory ("
+    "sku VARCHAR(64) PRIMARY KEY, qty INTEGER NOT NULL CHECK (qty >= 0))"
+)
+_STOCK = "INSERT INTO inventory (sku, qty) VALUES (:sku, :qty) ON CONFLICT (sku) DO NOTHING"
+
+
+def open_shop(ctx: TaskContext) -> dict[str, Any]:
+    """The example's scaffolding: a payment service to charge, an inventory table to update.
+
+    Uses ``vars.payment_url`` when given, else starts the example's own payment service in this
+    worker process (``examples/payment_service.py``). Creates and stocks the ``inventory`` table
+    on the ``shop`` connection when it is missing; existing rows are left as they are.
+    """
+    url = os.environ.get(SHOP_CONNECTION)
+    if not url:
+        raise PermanentError(f"set {SHOP_CONNECTION} to the inventory's SQLAlchemy URL")
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text(_CREATE))
+            conn.execute(
+                sqlalchemy.text(_STOCK),
+                [{"sku": sku, "qty": qty} for sku, qty in INITIAL_STOCK.items()],
+            )
+    finally:
+        engine.dispose()
+    payment_url = str(ctx.vars.get("payment_url") or "") or payment_service.ensure_running()
+    return {"payment_url": payment_url.rstrip("/")}
 
 
 def validate_order(ctx: TaskContext) -> dict[str, Any]:
     """Check the order's vars and price it; an invalid order fails at once, without retry."""
-    time.sleep(0.05)
     order_id, sku, quantity = (
         ctx.vars.get("order_id"),
         ctx.vars.get("sku"),
@@ -29,51 +61,12 @@ def validate_order(ctx: TaskContext) -> dict[str, Any]:
         raise PermanentError(f"order_id must be an integer, got {order_id!r}")
     if not isinstance(sku, str) or not sku:
         raise PermanentError(f"sku must be a non-empty string, got {sku!r}")
+    if sku not in UNIT_PRICES:
+        raise PermanentError(f"unknown sku {sku!r} (the catalogue has {', '.join(UNIT_PRICES)})")
     if not _is_int(quantity) or quantity < 1:
         raise PermanentError(f"quantity must be an integer >= 1, got {quantity!r}")
-    unit_price = UNIT_PRICES.get(sku, DEFAULT_UNIT_PRICE)
-    total = round(quantity * unit_price, 2)
+    total = round(quantity * UNIT_PRICES[sku], 2)
     return {"order_id": order_id, "sku": sku, "quantity": quantity, "total": total}
-
-
-def charge_payment(ctx: TaskContext) -> dict[str, Any]:
-    """Charge the order's total (a real gateway would get ``ctx.idempotency_key``)."""
-    time.sleep(0.2)
-    order = ctx.results["validate_order"]
-    return {"status": "paid", "charge_id": f"ch_{order['order_id']}", "amount": order["total"]}
-
-
-def reserve_stock(ctx: TaskContext) -> dict[str, Any]:
-    """Reserve the ordered quantity of the SKU."""
-    time.sleep(0.15)
-    order = ctx.results["validate_order"]
-    return {"sku": order["sku"], "reserved": order["quantity"]}
-
-
-def write_receipt(ctx: TaskContext) -> dict[str, Any]:
-    """Join of the two branches: one receipt from the charge and the reservation."""
-    time.sleep(0.1)
-    charge, stock = ctx.results["charge_payment"], ctx.results["reserve_stock"]
-    order_id = ctx.vars["order_id"]
-    return {
-        "receipt_id": f"rcpt_{order_id}",
-        "order_id": order_id,
-        "charge_id": charge["charge_id"],
-        "amount": charge["amount"],
-        "sku": stock["sku"],
-        "quantity": stock["reserved"],
-    }
-
-
-def send_notification(ctx: TaskContext) -> dict[str, Any]:
-    """Tell the customer; runs only when the payment went through (see ``when`` in the YAML)."""
-    time.sleep(0.05)
-    receipt = ctx.results["write_receipt"]
-    message = (
-        f"Order {receipt['order_id']}: {receipt['quantity']} x {receipt['sku']}, "
-        f"charged {receipt['amount']:.2f} ({receipt['receipt_id']})"
-    )
-    return {"sent": True, "order_id": receipt["order_id"], "message": message}
 
 
 def _is_int(value: object) -> TypeGuard[int]:

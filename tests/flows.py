@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -80,3 +81,41 @@ def pid_then_sleep(ctx: TaskContext) -> dict[str, Any]:
     Path(str(ctx.params["pidfile"])).write_text(str(os.getpid()))
     time.sleep(float(ctx.params.get("seconds", 2)))
     return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+def value(ctx: TaskContext) -> Any:
+    """Return ``params.value``: a decision for downstream ``when`` conditions."""
+    return ctx.params.get("value")
+
+
+def slow_first(ctx: TaskContext) -> dict[str, int]:
+    """Sleep ``params.seconds`` on the first ``params.slow_attempts`` attempts, then return."""
+    if ctx.attempt <= int(ctx.params.get("slow_attempts", 1)):
+        time.sleep(float(ctx.params.get("seconds", 5)))
+    return {"attempt": ctx.attempt}
+
+
+def stubborn(ctx: TaskContext) -> None:
+    """Sleep ``params.seconds`` in total, swallowing Celery's soft time limit."""
+    deadline = time.monotonic() + float(ctx.params.get("seconds", 30))
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(max(0.0, deadline - time.monotonic()))
+        except Exception as exc:  # SoftTimeLimitExceeded, ignored on purpose
+            Path(str(ctx.params["flag"])).write_text(type(exc).__name__)
+
+
+def whoami(ctx: TaskContext) -> dict[str, Any]:
+    """The host and process that ran the task."""
+    return {"host": socket.gethostname(), "pid": os.getpid(), "task": ctx.task_id}
+
+
+def wait_for_flag(ctx: TaskContext) -> str:
+    """Block until the file ``params.flag`` exists (at most ``params.max`` seconds, default 60)."""
+    deadline = time.monotonic() + float(ctx.params.get("max", 60))
+    flag = Path(str(ctx.params["flag"]))
+    while not flag.exists():
+        if time.monotonic() > deadline:
+            raise PermanentError(f"{flag} did not appear")
+        time.sleep(0.02)
+    return "released"

@@ -152,6 +152,11 @@ async def _validation(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     """Starlette's own errors (unknown path, wrong method...) in the same JSON shape."""
     assert isinstance(exc, HTTPException)
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI's "There was an error parsing the body": say what was wrong with it
+        reason = "nested too deeply" if isinstance(exc.__cause__, RecursionError) else "not UTF-8"
+        problem = f"body: invalid JSON: {reason}"
+        return _error(422, problem, problems=[problem])
     headers = dict(exc.headers or {})
     detail = str(exc.detail)
     if exc.status_code == 404 and detail == "Not Found":

@@ -31,6 +31,12 @@ ExecutionId = Annotated[
 ]
 REPLAYED = "Idempotent-Replayed"
 
+ACTIONS = ("pause", "resume", "cancel", "retry")
+LINKS = {
+    "GetExecution": "getExecution",
+    "GetHistory": "getExecutionHistory",
+    **{action.capitalize(): f"{action}Execution" for action in ACTIONS},
+}
 EXAMPLE_START = {"vars": {"order_id": 42, "sku": "WIDGET-1", "quantity": 2}, "priority": 5}
 
 
@@ -49,9 +55,17 @@ EXAMPLE_START = {"vars": {"order_id": 42, "sku": "WIDGET-1", "quantity": 2}, "pr
                     "description": "present when an idempotent start found an execution",
                 },
             },
+            "links": {
+                name: {
+                    "operationId": operation,
+                    "parameters": {"execution_id": "$response.body#/execution_id"},
+                }
+                for name, operation in LINKS.items()
+            },
         },
         **errors(404, 413, 422),
     },
+    operation_id="startExecution",
     summary="Start an execution",
 )
 def start_execution(
@@ -91,6 +105,7 @@ def start_execution(
     "/executions",
     response_model=ExecutionPage,
     responses=errors(422),
+    operation_id="listExecutions",
     summary="List executions, newest first",
 )
 def list_executions(
@@ -126,6 +141,7 @@ def list_executions(
     "/executions/{execution_id}",
     response_model=StatusDocument,
     responses=errors(404, 422),
+    operation_id="getExecution",
     summary="The status document",
 )
 def get_execution(client: ClientDep, execution_id: ExecutionId) -> dict[str, Any]:
@@ -137,6 +153,7 @@ def get_execution(client: ClientDep, execution_id: ExecutionId) -> dict[str, Any
     "/executions/{execution_id}/history",
     response_model=list[HistoryEvent],
     responses=errors(404, 422),
+    operation_id="getExecutionHistory",
     summary="Every state change, oldest first",
 )
 def get_history(
@@ -172,5 +189,6 @@ for _action, _text in (
         methods=["POST"],
         response_model=StatusDocument,
         responses=errors(404, 409, 422),
+        operation_id=f"{_action}Execution",
         summary=f"{_action.capitalize()} an execution",
     )

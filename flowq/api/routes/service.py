@@ -65,6 +65,7 @@ def run_checks(checks: dict[str, Callable[[], None]], timeout: float) -> dict[st
     response_model=Health,
     response_model_exclude_none=True,
     responses={503: {"model": Health, "description": "the broker or the store does not answer"}},
+    operation_id="healthz",
     summary="Health: the broker and the state store answer",
 )
 def healthz(client: ClientDep) -> Any:
@@ -89,6 +90,7 @@ def healthz(client: ClientDep) -> Any:
         },
         **errors(),
     },
+    operation_id="metrics",
     summary="Prometheus metrics, read from the state store",
 )
 def get_metrics(request: Request) -> Response:

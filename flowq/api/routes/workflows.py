@@ -62,7 +62,23 @@ EXAMPLE_DEFINITION: dict[str, Any] = {
     "/workflows",
     status_code=201,
     response_model=Registered,
-    responses=errors(409, 413, 422),
+    responses={
+        201: {
+            "description": "stored (or stored already with the same body)",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+            "links": {
+                "GetWorkflow": {
+                    "operationId": "getWorkflow",
+                    "parameters": {
+                        "workflow_id": "$response.body#/id",
+                        "version": "$response.body#/version",
+                    },
+                },
+            },
+        },
+        **errors(409, 413, 422),
+    },
+    operation_id="registerWorkflow",
     summary="Register a definition",
 )
 def register_workflow(
@@ -92,6 +108,7 @@ def register_workflow(
     "/workflows",
     response_model=WorkflowPage,
     responses=errors(422),
+    operation_id="listWorkflows",
     summary="List workflows, by id",
 )
 def list_workflows(
@@ -110,6 +127,7 @@ def list_workflows(
     "/workflows/{workflow_id}",
     response_model=WorkflowDetail,
     responses=errors(404, 422),
+    operation_id="getWorkflow",
     summary="Read a definition",
 )
 def get_workflow(
