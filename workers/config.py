@@ -29,7 +29,7 @@ broker_transport_options = {
 broker_connection_retry_on_startup = True
 
 worker_hijack_root_logger = False
-worker_send_task_events = True
-task_send_sent_event = True
+worker_send_task_events = False  # Flower switches task events on when it runs
+task_send_sent_event = False
 enable_utc = True
 timezone = "UTC"

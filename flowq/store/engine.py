@@ -15,7 +15,9 @@ def create_engine(url: str) -> sa.Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # No pre-ping: a dead pooled connection fails the transaction, which Store.transact retries
+    # on a fresh one; a ping per checkout would cost a round trip per transaction.
+    return sa.create_engine(url, pool_size=5, max_overflow=10)
 
 
 def _sqlite_engine(url: str) -> sa.Engine:

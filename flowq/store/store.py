@@ -200,6 +200,9 @@ class Tx:
         """Count ``settled`` tasks as terminal; return how many are still not terminal."""
         if settled == 0:
             return -1
+        # The execution row is the one every task of the execution updates: write the history
+        # first, so its lock is held only for this statement and the commit.
+        self.flush()
         row = self.conn.execute(
             t.executions.update()
             .where(t.executions.c.id == execution_id)
