@@ -184,6 +184,9 @@ def cmd_start(args: argparse.Namespace) -> int:
             idempotency_key=args.idempotency_key,
         )
         if not args.wait:
+            if client.settings.embedded:
+                # Nothing else would run it: the embedded worker lives in this process.
+                client.wait(eid, timeout=args.timeout)
             if args.json:
                 _print_json(client.status(eid))
             else:
@@ -235,6 +238,8 @@ def _control(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         with _client() as client:
             doc = getattr(client, action)(args.id)
+            if client.settings.embedded and doc["state"] == S.RUNNING:
+                doc = client.wait(args.id)  # the embedded worker lives in this process
         _print_json(doc) if args.json else print(f"{args.id}: {doc['state']}")
         return EXIT_OK
 
