@@ -201,3 +201,9 @@ def test_concurrent_fan_in_counts_reach_zero_exactly_once(store: Store) -> None:
     for th in threads:
         th.join()
     assert sorted(zero) == [0, 1]
+
+
+def test_head_constant_matches_the_migration_scripts() -> None:
+    from flowq.store.migrate import HEAD, script_head
+
+    assert script_head() == HEAD
