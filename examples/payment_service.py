@@ -17,6 +17,7 @@ a free port: the order example's ``open_shop`` task does that, so ``flowq run`` 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import threading
@@ -24,6 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 CARD_LIMIT = 500.0
+
 
 class PaymentServer(ThreadingHTTPServer):
     """The service's state: charges by idempotency key, notifications in arrival order."""
@@ -130,10 +132,8 @@ def main() -> None:
     args = parser.parse_args()
     server = PaymentServer((args.host, args.port))
     print(f"payment service on {server.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

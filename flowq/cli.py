@@ -109,6 +109,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from flowq.definition import Workflow
 
     wf = Workflow.from_file(args.file)
+    wf.check_connections(os.environ, source=args.file)
     values = parse_vars(args.var, args.vars_file)
     settings = replace(Settings.from_env(), broker_url=None, result_backend=None)
     with Client(settings, concurrency=args.concurrency) as client:

@@ -188,8 +188,9 @@ class Coordinator:
                     return Started(found, False), []
             ver, digest = tx.definition_digest(workflow_id, version)
             wf = self.definitions.get(digest, tx)
-            wf.validate_vars(values)
-            return self._create(tx, wf, ver, digest, values, priority, idempotency_key)
+            filled = wf.apply_defaults(values)
+            wf.validate_vars(filled)
+            return self._create(tx, wf, ver, digest, filled, priority, idempotency_key)
 
         try:
             started, dispatches = self.store.transact(body)

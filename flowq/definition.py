@@ -101,7 +101,7 @@ def _broker_wait(value: float) -> float:
     if value > MAX_BROKER_WAIT:
         raise PydanticCustomError(
             "flowq",
-            f"must be <= {MAX_BROKER_WAIT:g} seconds (got {_shown(value)}): a longer wait would "
+            f"must be <= {MAX_BROKER_WAIT:g} seconds (got {value:g}): a longer wait would "
             "outlive the broker's visibility timeout (3600 s) and run the task twice",
         )
     return value

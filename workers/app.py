@@ -19,6 +19,7 @@ attempt is a failed attempt, retried while attempts remain.
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import json
 import logging
@@ -108,7 +109,8 @@ def call_with_timeout(
             done.set()
 
     name = f"flowq-attempt-{ctx.execution_id[:8]}-{ctx.task_id}-{ctx.attempt}"
-    threading.Thread(target=attempt, name=name, daemon=True).start()
+    context = contextvars.copy_context()
+    threading.Thread(target=context.run, args=(attempt,), name=name, daemon=True).start()
     if not done.wait(timeout):
         log.warning(
             "%s/%s attempt %d passed its timeout of %gs; abandoning its thread",
@@ -125,9 +127,10 @@ def call_with_timeout(
 
 
 def error_line(exc: BaseException) -> str:
-    """One line naming the exception type and message."""
+    """One line naming the exception's (first public) type and its message."""
     text = " ".join(str(exc).split())
-    line = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    kind = next(c.__name__ for c in type(exc).__mro__ if not c.__name__.startswith("_"))
+    line = f"{kind}: {text}" if text else kind
     return line if len(line) <= 500 else line[:497] + "..."
 
 
@@ -200,7 +203,7 @@ class Runtime:
 
 
 def run_workflow_task(task: Task, claim: Claim, coordinator: Coordinator) -> Any:
-    """Run one attempt of the claimed task; retry a failed one with backoff while attempts remain."""
+    """Run one attempt of the claimed task; retry a failure with backoff while attempts remain."""
     spec_task = claim.task
     try:
         return _attempt(claim)
@@ -227,7 +230,7 @@ def _attempt(claim: Claim) -> Any:
         spec = spec_task.spec()
         for key in spec_task.TEMPLATED:
             if key in spec:
-                spec[key] = render(spec[key], context)
+                spec[key] = render(spec[key], context, where=key)
         params = spec.get("params") if spec_task.type == "python" else None
         ctx = TaskContext(
             vars=claim.vars,

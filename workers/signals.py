@@ -6,8 +6,6 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from types import SimpleNamespace
-
 from celery import Celery, Task, signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
@@ -24,7 +22,13 @@ HOSTNAME = socket.gethostname()
 
 
 def _ids(request: Any) -> tuple[str, str] | None:
-    kwargs = getattr(request, "kwargs", None) or {}
+    return _ids_in(getattr(request, "kwargs", None))
+
+
+def _ids_in(kwargs: Any) -> tuple[str, str] | None:
+    """(execution_id, task_id) from a flowq message's keyword arguments."""
+    if not isinstance(kwargs, dict):
+        return None
     eid, tid = kwargs.get("execution_id"), kwargs.get("task_id")
     if not eid or not tid:
         return None
@@ -65,7 +69,7 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         # Reported by the worker's main process: the pool process running the task was killed
         # (hard time limit) or lost, so no handler in it recorded anything. `failed` only moves
         # a task that is still `running`.
-        lost = _ids(SimpleNamespace(kwargs=info.get("kwargs")))
+        lost = _ids_in(info.get("kwargs"))
         if lost is not None and isinstance(exception, TimeLimitExceeded | WorkerLostError):
             error = _lost_line(exception)
             _record(runtime, "failed", lost, lambda c: c.failed(lost[0], lost[1], error))

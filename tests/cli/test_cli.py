@@ -114,7 +114,8 @@ def test_plan_shows_coordinator_joins(env: dict[str, str], tmp_path: Path) -> No
     assert "coordinator joins" in res.stdout and "d" in res.stdout
 
 
-def test_run_prints_progress_and_exits_zero(env: dict[str, str]) -> None:
+def test_run_prints_progress_and_exits_zero(env: dict[str, str], tmp_path: Path) -> None:
+    env = {**env, "FLOWQ_CONN_SHOP": f"sqlite:///{tmp_path / 'shop.db'}"}
     res = flowq(
         env,
         "run",

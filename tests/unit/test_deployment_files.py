@@ -6,7 +6,6 @@ SPEC section 3 is restated here so that a compose command the CLI would reject f
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shlex
@@ -230,27 +229,6 @@ def _parse_var(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
-
-
-def test_example_handlers_run_the_order_in_dependency_order() -> None:
-    definition = yaml.safe_load((ROOT / "examples" / "order_processing.yaml").read_text())
-    variables = {"order_id": 42, "sku": "WIDGET-1", "quantity": 2}
-    results: dict[str, Any] = {}
-    for task in definition["tasks"]:  # listed in a topological order
-        module, _, function = task["handler"].partition(":")
-        handler = getattr(importlib.import_module(module), function)
-        upstream = {dep: results[dep] for dep in task.get("depends_on", [])}
-        ctx = TaskContext(
-            vars=variables, params={}, results=upstream, execution_id="e1", task_id=task["id"]
-        )
-        results[task["id"]] = json.loads(json.dumps(handler(ctx)))
-    total = results["validate_order"]["total"]
-    assert total == pytest.approx(2 * 9.99)
-    assert results["charge_payment"] == {"status": "paid", "charge_id": "ch_42", "amount": total}
-    assert results["reserve_stock"] == {"sku": "WIDGET-1", "reserved": 2}
-    assert results["write_receipt"]["charge_id"] == "ch_42"
-    assert results["write_receipt"]["quantity"] == 2
-    assert results["send_notification"]["sent"] is True
 
 
 @pytest.mark.parametrize(
