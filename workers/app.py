@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from billiard import pool as billiard_pool  # type: ignore[import-untyped]
+from billiard import pool as billiard_pool
 from celery import Celery, Task
 from celery.exceptions import Ignore, SoftTimeLimitExceeded
 
