@@ -48,7 +48,8 @@ def fresh_postgres_database(prefix: str) -> Iterator[str]:
     import sqlalchemy as sa
 
     name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    # no pooling: a test may restart the server between creating and dropping the database
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
     try:
