@@ -8,9 +8,11 @@ dependency counters in the store: the transaction that counts the last upstream 
 
 from __future__ import annotations
 
+import copy
 import logging
+import threading
 import uuid
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,6 +32,7 @@ from flowq.templates import evaluate
 log = logging.getLogger("flowq.coordinator")
 
 DEFAULT_PRIORITY = 5
+META_CACHE_SIZE = 4096  # executions whose fixed fields a process keeps in memory
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ class _Step:
     wf: Workflow
     version: int
     priority: int
-    state: str
+    state: str | None  # None when not read in this transaction (the hot path skips it)
     vars: dict[str, Any]
     settled: deque[tuple[str, str]] = field(default_factory=deque)
     settled_count: int = 0
@@ -146,6 +149,8 @@ class Coordinator:
         self.store = store
         self.dispatcher = dispatcher
         self.definitions = Definitions(store)
+        self._meta: OrderedDict[str, tuple[str, int, int, dict[str, Any]]] = OrderedDict()
+        self._meta_lock = threading.Lock()
 
     # -- definitions ---------------------------------------------------------------------------
     def register(self, wf: Workflow, *, replace: bool = False) -> bool:
@@ -254,10 +259,29 @@ class Coordinator:
         return Started(eid, True), step.dispatch
 
     # -- advancing -----------------------------------------------------------------------------
-    def _step(self, tx: Tx, execution_id: str) -> _Step:
-        row = tx.execution(execution_id)
-        wf = self.definitions.get(row.digest, tx)
-        return _Step(tx, execution_id, wf, row.version, row.priority, row.state, dict(row.vars))
+    def _step(self, tx: Tx, execution_id: str, *, fresh: bool = True) -> _Step:
+        """The execution's context; with ``fresh=False`` its fixed fields may come from memory.
+
+        An execution's workflow, version, priority and vars never change, so the hot path
+        (a task ending) reuses them and does not read the row; its state then stays unknown.
+        """
+        meta = None if fresh else self._meta.get(execution_id)
+        if meta is None:
+            row = tx.execution(execution_id)
+            meta = (str(row.digest), int(row.version), int(row.priority), dict(row.vars))
+            self._remember(execution_id, meta)
+            state: str | None = str(row.state)
+        else:
+            state = None
+        wf = self.definitions.get(meta[0], tx)
+        return _Step(tx, execution_id, wf, meta[1], meta[2], state, meta[3])
+
+    def _remember(self, execution_id: str, meta: tuple[str, int, int, dict[str, Any]]) -> None:
+        with self._meta_lock:
+            self._meta[execution_id] = meta
+            self._meta.move_to_end(execution_id)
+            while len(self._meta) > META_CACHE_SIZE:
+                self._meta.popitem(last=False)
 
     def _dispatch_of(self, step: _Step, task_id: str) -> Dispatch:
         task = step.wf.task(task_id)
@@ -290,7 +314,9 @@ class Coordinator:
                 decision, reason = rules.SKIP, f"when is false: {task.when}"
         if decision == rules.RUN:
             queued = tx.cas_task(eid, task_id, S.PENDING, S.QUEUED, reason, queued_at=tx.now)
-            if queued and step.state == S.RUNNING:
+            if queued and step.state in (S.RUNNING, None):
+                # When the state was not read, publish anyway: a paused or cancelled
+                # execution refuses the claim, and resume publishes queued tasks again.
                 step.dispatch.append(self._dispatch_of(step, task_id))
             return
         to = S.SKIPPED if decision == rules.SKIP else S.UPSTREAM_FAILED
@@ -325,8 +351,10 @@ class Coordinator:
 
     def _settle(self, step: _Step) -> None:
         """Count settled tasks on the execution; end it when none is left."""
-        remaining = step.tx.settle_count(step.execution_id, step.settled_count)
+        remaining, state = step.tx.settle_count(step.execution_id, step.settled_count)
         step.settled_count = 0
+        if state is not None:
+            step.state = state
         if remaining == 0 and step.state == S.RUNNING:
             self._finish(step)
 
@@ -370,51 +398,43 @@ class Coordinator:
         """
 
         def body(tx: Tx) -> tuple[Claim | None, list[Dispatch]]:
-            row = tx.conn.execute(
-                sa.select(
-                    t.task_runs.c.state,
-                    t.task_runs.c.attempts,
-                    t.task_runs.c.celery_id,
-                    t.executions.c.state.label("execution_state"),
-                    t.executions.c.vars,
-                    t.executions.c.digest,
-                )
-                .join(t.executions, t.executions.c.id == t.task_runs.c.execution_id)
-                .where(t.task_runs.c.execution_id == execution_id, t.task_runs.c.task_id == task_id)
-            ).first()
-            if row is None or row.execution_state != S.RUNNING:
-                return None, []
-            state = row.state
-            if state == S.RUNNING and celery_id is not None and row.celery_id == celery_id:
-                step = self._step(tx, execution_id)
-                reason = f"worker process lost during attempt {row.attempts}; message redelivered"
-                if not self._lose(step, task_id, reason):
-                    return None, step.dispatch
-                state = S.QUEUED
-            if state not in (S.QUEUED, S.RETRYING):
-                return None, []
-            attempt = row.attempts + 1
-            if not tx.cas_task(
-                execution_id,
-                task_id,
-                state,
-                S.RUNNING,
-                f"attempt {attempt}",
-                require_execution=S.RUNNING,
-                attempts=attempt,
-                started_at=tx.now,
-                celery_id=celery_id,
-                worker=worker,
-            ):
-                return None, []
-            wf = self.definitions.get(row.digest, tx)
-            results = tx.results(execution_id, self.definitions.results_for(wf, task_id))
-            claim = Claim(wf, wf.task(task_id), dict(row.vars), results, attempt, execution_id)
-            return claim, []
+            values = {"started_at": tx.now, "celery_id": celery_id, "worker": worker}
+            attempt = tx.claim(execution_id, task_id, S.QUEUED, **values)
+            if attempt is None:
+                attempt = tx.claim(execution_id, task_id, S.RETRYING, **values)
+            if attempt is None:
+                requeued, dispatches = self._redelivered(tx, execution_id, task_id, celery_id)
+                if not requeued:
+                    return None, dispatches
+                attempt = tx.claim(execution_id, task_id, S.QUEUED, **values)
+                if attempt is None:
+                    return None, []
+            step = self._step(tx, execution_id, fresh=False)
+            results = tx.results(execution_id, self.definitions.results_for(step.wf, task_id))
+            task = step.wf.task(task_id)
+            # a copy: the cached vars must not see what a handler does to its own
+            vars_copy = copy.deepcopy(step.vars)
+            return Claim(step.wf, task, vars_copy, results, attempt, execution_id), []
 
         claim, dispatches = self.store.transact(body)
         self._send(dispatches)
         return claim
+
+    def _redelivered(
+        self, tx: Tx, execution_id: str, task_id: str, celery_id: str | None
+    ) -> tuple[bool, list[Dispatch]]:
+        """A message found its task `running` under the same message id: the process running
+        it died and Celery delivered it again. Requeue the task (True) or fail it."""
+        if celery_id is None:
+            return False, []
+        row = tx.task(execution_id, task_id)
+        if row is None or row.state != S.RUNNING or row.celery_id != celery_id:
+            return False, []
+        step = self._step(tx, execution_id)
+        if step.state != S.RUNNING:
+            return False, []
+        reason = f"worker process lost during attempt {row.attempts}; message redelivered"
+        return self._lose(step, task_id, reason), step.dispatch
 
     def _lose(self, step: _Step, task_id: str, reason: str) -> bool:
         """A running attempt was lost with its worker: back to `queued` if attempts remain.
@@ -482,7 +502,7 @@ class Coordinator:
 
     def _ended(self, execution_id: str, task_id: str, to: str, values: dict[str, Any]) -> bool:
         def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
-            step = self._step(tx, execution_id)
+            step = self._step(tx, execution_id, fresh=False)
             reason = values.get("error") if to == S.FAILED else None
             if not tx.cas_task(
                 execution_id, task_id, S.RUNNING, to, reason, finished_at=tx.now, **values

@@ -72,12 +72,20 @@ def postgres_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """A Redis database number reserved for this session, flushed first."""
+def redis_url() -> Iterator[str]:
+    """A Redis database of its own for this test session (others may run at the same time)."""
     require_service("Redis", "127.0.0.1", 6379)
     import redis
 
-    db = int(os.environ.get("FLOWQ_TEST_REDIS_DB", "11"))
-    url = f"{REDIS_URL}/{db}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    for db in range(int(os.environ.get("FLOWQ_TEST_REDIS_DB", "11")), 16):
+        conn = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+        # CI is the machine's only test session: a key left by a killed session must not block it
+        if IN_CI or conn.set("flowq-test:owner", token, nx=True, ex=2 * 3600):
+            conn.flushdb()
+            conn.set("flowq-test:owner", token, ex=4 * 3600)
+            yield f"{REDIS_URL}/{db}"
+            if conn.get("flowq-test:owner") == token.encode():
+                conn.flushdb()
+            return
+    pytest.fail("no free Redis database (11-15) for this test session: see key flowq-test:owner")

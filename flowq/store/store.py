@@ -196,10 +196,10 @@ class Tx:
         self.record(execution_id, None, expected, to, reason)
         return True
 
-    def settle_count(self, execution_id: str, settled: int) -> int:
-        """Count ``settled`` tasks as terminal; return how many are still not terminal."""
+    def settle_count(self, execution_id: str, settled: int) -> tuple[int, str | None]:
+        """Count ``settled`` tasks as terminal; return how many are left and the state."""
         if settled == 0:
-            return -1
+            return -1, None
         # The execution row is the one every task of the execution updates: write the history
         # first, so its lock is held only for this statement and the commit.
         self.flush()
@@ -207,9 +207,9 @@ class Tx:
             t.executions.update()
             .where(t.executions.c.id == execution_id)
             .values(tasks_remaining=t.executions.c.tasks_remaining - settled, updated_at=self.now)
-            .returning(t.executions.c.tasks_remaining)
+            .returning(t.executions.c.tasks_remaining, t.executions.c.state)
         ).first()
-        return int(row[0]) if row is not None else -1
+        return (int(row[0]), str(row[1])) if row is not None else (-1, None)
 
     # -- task runs -------------------------------------------------------------------------------
     def insert_tasks(self, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -304,6 +304,31 @@ class Tx:
             return False
         self.record(execution_id, task_id, expected, to, reason)
         return True
+
+    def claim(self, execution_id: str, task_id: str, expected: str, **values: Any) -> int | None:
+        """Compare-and-set ``expected`` → running while the execution runs; the new attempt no.
+
+        One statement: the attempt counter is incremented and read back by the same UPDATE.
+        """
+        c = t.task_runs.c
+        row = self.conn.execute(
+            t.task_runs.update()
+            .where(
+                c.execution_id == execution_id,
+                c.task_id == task_id,
+                c.state == expected,
+                sa.exists().where(
+                    t.executions.c.id == execution_id, t.executions.c.state == "running"
+                ),
+            )
+            .values(state="running", attempts=c.attempts + 1, updated_at=self.now, **values)
+            .returning(c.attempts)
+        ).first()
+        if row is None:
+            return None
+        attempt = int(row[0])
+        self.record(execution_id, task_id, expected, "running", f"attempt {attempt}")
+        return attempt
 
     def count_upstream_end(
         self, execution_id: str, task_id: str, upstream_state: str

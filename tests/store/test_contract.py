@@ -143,7 +143,7 @@ def test_dependency_counters(store: Store) -> None:
         second.deps_failed,
         second.state,
     ) == (0, 1, 1, 0, "pending")
-    assert store.transact(lambda tx: tx.settle_count("e1", 2)) == 0
+    assert store.transact(lambda tx: tx.settle_count("e1", 2)) == (0, "created")
 
 
 def test_idempotency_key_is_unique_per_workflow(store: Store) -> None:
