@@ -450,7 +450,7 @@ class Workflow(_Strict):
 
     id: WorkflowId
     name: str | None = None
-    version: Annotated[int, Field(ge=1)] = 1
+    version: Annotated[int, Field(ge=1, le=2**31 - 1)] = 1  # the store's column is 32-bit
     inputs: dict[str, Any] | None = None
     defaults: dict[str, Any] = {}
     tasks: Annotated[list[Task], Field(min_length=1)]

@@ -77,11 +77,10 @@ def list_executions(
         q = q.where(c.workflow_id == workflow_id)
     if before:
         pivot = tx.execution(before)
+        # A range the index can seek (created_at <= pivot) plus the tie-break on id.
         q = q.where(
-            sa.or_(
-                c.created_at < pivot.created_at,
-                sa.and_(c.created_at == pivot.created_at, c.id < pivot.id),
-            )
+            c.created_at <= pivot.created_at,
+            sa.or_(c.created_at < pivot.created_at, c.id < pivot.id),
         )
     q = q.order_by(c.created_at.desc(), c.id.desc()).limit(max(1, min(limit, 1000)))
     return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -17,7 +18,6 @@ from prometheus_client import CollectorRegistry
 from sqlalchemy import exc as sa_exc
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import flowq
@@ -27,6 +27,7 @@ from flowq.api.routes import executions, service, workflows
 from flowq.client import Client
 from flowq.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from flowq.settings import Settings
+from flowq.ui import mount_ui
 
 log = logging.getLogger("flowq.api")
 
@@ -115,7 +116,7 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
 
 def _first_line(exc: BaseException) -> str:
     lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    line = lines[0] if lines else type(exc).__name__
+    line = lines[0].rstrip(". ") if lines else type(exc).__name__
     return line if len(line) <= 200 else line[:197] + "..."
 
 
@@ -162,7 +163,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status_code == 404 and detail == "Not Found":
         detail = f"no such path: {request.url.path} (the API is described at /openapi.json)"
     if exc.status_code == 405:
-        allowed = _allowed_methods(request)
+        allowed = _allowed_methods(request, headers.get("Allow", ""))
         headers["Allow"] = ", ".join(allowed)
         detail = (
             f"{request.method} is not allowed on {request.url.path}; use {' or '.join(allowed)}"
@@ -170,14 +171,14 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
 
-def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route accepts for this path (Starlette names only the first route's)."""
+def _allowed_methods(request: Request, fallback: str) -> list[str]:
+    """Every method the OpenAPI document lists for this path (Starlette names one route's)."""
     methods: set[str] = set()
-    for route in request.app.router.routes:
-        match, _ = route.matches(request.scope)
-        if match != Match.NONE:
-            methods |= getattr(route, "methods", None) or set()
-    return sorted(methods)
+    for template, operations in request.app.openapi().get("paths", {}).items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return sorted(methods) or [m.strip() for m in fallback.split(",") if m.strip()]
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
@@ -267,5 +268,6 @@ def create_api(
 
     app.add_middleware(BodyLimit, limit=limit)
     if settings.api_token:
-        app.add_middleware(BearerAuth, token=settings.api_token)  # outermost: runs first
+        app.add_middleware(BearerAuth, token=settings.api_token)
+    mount_ui(app)  # the dashboard at /ui: its static files ahead of the auth, its data behind it
     return app

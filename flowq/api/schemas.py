@@ -11,6 +11,7 @@ from flowq import states as S
 WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9_.-]+$"
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 KEY_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+MAX_VERSION = 2**31 - 1  # the store's version columns are 32-bit integers
 
 ExecutionState = Literal["created", "running", "paused", "completed", "failed", "cancelled"]
 TaskState = Literal[
@@ -108,7 +109,7 @@ class StartRequest(_In):
     idempotency_key: IdempotencyKey | None = Field(
         default=None, description="a second start with the same key returns the first execution"
     )
-    version: Annotated[int, Field(ge=1)] | None = Field(
+    version: Annotated[int, Field(ge=1, le=MAX_VERSION)] | None = Field(
         default=None, description="the definition version; the newest when null"
     )
 

@@ -6,7 +6,10 @@ the server (embedded worker threads, a fresh SQLite store).
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +25,7 @@ from fastapi import FastAPI
 
 from flowq import Client, Settings
 from flowq.api import create_api
+from tests.conftest import ROOT
 
 
 @dataclass
@@ -31,6 +35,7 @@ class Api:
     url: str
     http: httpx.Client
     client: Client
+    app: FastAPI
 
     def register(self, definition: dict[str, Any]) -> None:
         response = self.http.post("/workflows", json=definition)
@@ -53,10 +58,68 @@ class Api:
             time.sleep(0.05)
 
 
+def free_port() -> int:
+    """A TCP port nothing listens on (bound once by the OS, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class ApiProcess:
+    """A running `flowq api` process."""
+
+    url: str
+    pid: int
+
+
+@contextmanager
+def flowq_api_process(env: dict[str, str], log: Path) -> Iterator[ApiProcess]:
+    """Run `flowq api` as its own process with ``env``; yield it once it answers."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowq.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
+        env={**env, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, f"flowq api exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"flowq api did not answer: {log.read_text()}"
+            try:
+                httpx.get(f"{url}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        yield ApiProcess(url, proc.pid)
+    finally:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait(5)
+
+
+def embedded_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of an embedded deployment on a fresh SQLite store in ``tmp_path``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWQ_")}
+    env["FLOWQ_DATABASE_URL"] = f"sqlite:///{tmp_path / 'api-state.db'}"
+    env["FLOWQ_FILE_ROOT"] = str(tmp_path / "files")
+    return {**env, **extra}
+
+
 @contextmanager
 def served(app: FastAPI) -> Iterator[str]:
     """Serve ``app`` with uvicorn in a thread on a free port; yield its base URL."""
-    sock = socket.socket()
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on such sockets (else Nagle costs 40 ms)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
@@ -92,7 +155,7 @@ def serve_api(tmp_path: Path) -> ServeApi:
                 served(app) as url,
                 httpx.Client(base_url=url, headers=headers, timeout=30) as http,
             ):
-                yield Api(url, http, client)
+                yield Api(url, http, client, app)
 
     return serve
 

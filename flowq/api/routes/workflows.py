@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body, Path, Query, Response
 
 from flowq.api.routes import ClientDep, check_json, errors
 from flowq.api.schemas import (
+    MAX_VERSION,
     WORKFLOW_ID_PATTERN,
     Registered,
     WorkflowDetail,
@@ -17,6 +18,7 @@ from flowq.api.schemas import (
 )
 from flowq.compiler import compile_workflow
 from flowq.definition import Workflow
+from flowq.errors import ValidationError
 from flowq.store import Tx, iso
 from flowq.store import tables as t
 
@@ -99,6 +101,8 @@ def register_workflow(
     id@version holds another body, 422 with one line per problem if it is invalid."""
     check_json(definition, "body")
     wf = Workflow.from_dict(definition, source="body")
+    if wf.version > MAX_VERSION:
+        raise ValidationError(f"body: version: must be at most {MAX_VERSION} (got {wf.version})")
     client.register(wf, replace=replace)
     response.headers["Location"] = f"/workflows/{wf.id}?version={wf.version}"
     return Registered(id=wf.id, version=wf.version)
@@ -133,7 +137,9 @@ def list_workflows(
 def get_workflow(
     client: ClientDep,
     workflow_id: WorkflowId,
-    version: Annotated[int | None, Query(ge=1, description="the newest when absent")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_VERSION, description="the newest when absent")
+    ] = None,
 ) -> WorkflowDetail:
     """One version of a definition (the newest unless ``version``), with its Celery plan."""
     wf = client.definition(workflow_id, version)

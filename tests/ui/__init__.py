@@ -1,0 +1,1 @@
+"""Tests of the web dashboard (flowq.ui), in a real browser."""
