@@ -23,12 +23,18 @@ import redis
 import sqlalchemy as sa
 
 from bench import marks, plain
+from bench.counters import retried
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN_URL = os.environ.get(
     "FLOWQ_BENCH_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 READY_TIMEOUT = 90.0
+FLOWQ_WORKER = [sys.executable, "-m", "flowq.cli", "worker", "--queues=flowq"]
+PLAIN_WORKER = [
+    *(sys.executable, "-m", "celery", "-A", "bench.plain_worker", "worker"),
+    f"--queues={plain.QUEUE}",
+]
 DBS = (12, 13, 14)  # flowq's broker, plain Celery's broker and result backend: apart from tests'
 
 
@@ -49,10 +55,25 @@ class RedisServer:
         self.url = f"redis://127.0.0.1:{self.port}"
         log = (workdir / f"{name}.log").open("wb")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(workdir), "--databases", "16"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+                "--databases",
+                "16",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -95,9 +116,13 @@ class Workers:
             log = self.logs / f"{self.name}{i}.log"
             argv = [*self.argv, f"--hostname={self.name}{i}@%h"]
             proc = subprocess.Popen(
-                argv, env=self.env, cwd=ROOT, stdout=log.open("wb"),
-                stderr=subprocess.STDOUT, start_new_session=True,
-            )  # fmt: skip
+                argv,
+                env=self.env,
+                cwd=ROOT,
+                stdout=log.open("wb"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
             self.procs.append(proc)
             deadline = time.monotonic() + READY_TIMEOUT
             while b"ready." not in log.read_bytes():
@@ -118,13 +143,25 @@ class Workers:
 class Env:
     """Everything a run needs, torn down by ``close`` (or the ``with`` block)."""
 
-    def __init__(self, *, nodes: int, concurrency: int, redis_url: str | None, keep: bool) -> None:
+    def __init__(
+        self,
+        *,
+        nodes: int = 1,
+        concurrency: int = 2,
+        redis_url: str | None = None,
+        keep: bool = False,
+        plain: bool = True,
+        admin_url: str = PG_ADMIN_URL,
+        worker_env: dict[str, str] | None = None,
+    ) -> None:
         self.nodes, self.concurrency, self.keep = nodes, concurrency, keep
+        self.with_plain = plain
+        self.worker_env = dict(worker_env or {})
         self.workdir = Path(tempfile.mkdtemp(prefix="flowq-bench-"))
         self._servers: list[RedisServer] = []
         self.db_name = f"flowq_bench_{uuid.uuid4().hex[:8]}"
-        self.admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        self.database_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{self.db_name}"
+        self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        self.database_url = admin_url.rsplit("/", 1)[0] + f"/{self.db_name}"
         self.broker_server = (redis_url or self._private("broker")).rstrip("/")
         self.marks_url = self._private("marks") + "/0"
         self.flowq_broker = f"{self.broker_server}/{DBS[0]}"
@@ -149,6 +186,7 @@ class Env:
                 marks.ENV: self.marks_url,
                 plain.BROKER_ENV: self.plain_broker,
                 plain.BACKEND_ENV: self.plain_backend,
+                **self.worker_env,
             }
         )
         return env
@@ -170,25 +208,29 @@ class Env:
             conn.exec_driver_sql(f'CREATE DATABASE "{self.db_name}"')
         env = self.base_env()
         subprocess.run(
-            [sys.executable, "-m", "flowq.cli", "db", "upgrade"], env=env, cwd=ROOT, check=True,
+            [sys.executable, "-m", "flowq.cli", "db", "upgrade"],
+            env=env,
+            cwd=ROOT,
+            check=True,
             capture_output=True,
-        )  # fmt: skip
+        )
         for url in (self.flowq_broker, self.plain_broker, self.plain_backend, self.marks_url):
             redis.Redis.from_url(url).flushdb()
         common = [f"--concurrency={self.concurrency}", "--pool=prefork", "--loglevel=INFO"]
-        self.flowq = Workers(
-            "flowq",
-            [sys.executable, "-m", "flowq.cli", "worker", "--queues=flowq", *common],
-            env, self.workdir, self.nodes,
-        )  # fmt: skip
-        self.plain = Workers(
-            "plain",
-            [sys.executable, "-m", "celery", "-A", "bench.plain_worker", "worker",
-             f"--queues={plain.QUEUE}", *common],
-            env, self.workdir, self.nodes,
-        )  # fmt: skip
+        self.flowq = Workers("flowq", [*FLOWQ_WORKER, *common], env, self.workdir, self.nodes)
+        self.plain = Workers("plain", [*PLAIN_WORKER, *common], env, self.workdir, self.nodes)
         self.flowq.start()
-        self.plain.start()
+        if self.with_plain:
+            self.plain.start()
+
+    def _drop_database(self) -> None:
+        with self.admin.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (self.db_name,),
+            )
+            if not self.keep:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.db_name}"')
 
     def reset_plain(self) -> None:
         """Drop whatever a timed-out plain run left queued or running, and restart its workers."""
@@ -205,13 +247,7 @@ class Env:
         for server in self._servers:
             server.stop()
         try:
-            with self.admin.connect() as conn:
-                conn.exec_driver_sql(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
-                    (self.db_name,),
-                )
-                if not self.keep:
-                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.db_name}"')
+            retried(self._drop_database)
         finally:
             self.admin.dispose()
         if not self.keep:

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from flowq.context import TaskContext
-
 from bench import marks
+from flowq.context import TaskContext
 
 
 def noop(ctx: TaskContext) -> None:

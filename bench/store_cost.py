@@ -1,0 +1,119 @@
+"""``python -m bench.store_cost``: what flowq's store costs per task, without Celery or Redis.
+
+Drives the coordinator in-process on a fresh Postgres database (messages go to a list, not a
+broker) and reports, for ``start``, ``claim`` and ``succeeded``: statements sent, commits and
+time per call. Statements are round trips to Postgres, so they set the floor of a task's time
+that no worker tuning removes. Use it to see what an engine change saves, before the full bench.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from bench import shapes
+from bench.env import PG_ADMIN_URL
+from flowq import Workflow
+from flowq.coordinator import Coordinator, Dispatch
+from flowq.store import Store
+
+
+class ListDispatcher:
+    """Keeps messages in a list: the test loop plays the broker and the worker."""
+
+    def __init__(self) -> None:
+        self.sent: list[Dispatch] = []
+
+    def send(self, items: Sequence[Dispatch]) -> None:
+        self.sent.extend(items)
+
+    def revoke(self, celery_ids: Sequence[str]) -> None:
+        """Nothing runs, so nothing to stop."""
+
+
+class Meter:
+    """Statements and commits an engine sends, and the time of each call measured."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.statements = 0
+        self.commits = 0
+        self.calls: dict[str, list[tuple[float, int, int]]] = {}
+        sa.event.listen(engine, "before_cursor_execute", self._statement)
+        sa.event.listen(engine, "commit", self._commit)
+
+    def _statement(self, *_: Any) -> None:
+        self.statements += 1
+
+    def _commit(self, *_: Any) -> None:
+        self.commits += 1
+
+    def time(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        s, c, t = self.statements, self.commits, time.perf_counter()
+        out = fn(*args)
+        took = time.perf_counter() - t
+        self.calls.setdefault(name, []).append((took, self.statements - s, self.commits - c))
+        return out
+
+    def lines(self) -> list[str]:
+        rows = ["| call | n | statements per call | commits per call | ms per call (median) |"]
+        rows.append("|---|--:|--:|--:|--:|")
+        for name, calls in self.calls.items():
+            n = len(calls)
+            stm = sum(c[1] for c in calls) / n
+            com = sum(c[2] for c in calls) / n
+            ms = 1000 * statistics.median(c[0] for c in calls)
+            rows.append(f"| {name} | {n} | {stm:.2f} | {com:.2f} | {ms:.2f} |")
+        return rows
+
+
+def drive(coordinator: Coordinator, sent: list[Dispatch], meter: Meter, workflow_id: str) -> None:
+    """Start one execution and run every task it dispatches, in order, as a worker would."""
+    meter.time("start", coordinator.start, workflow_id)
+    while sent:
+        d = sent.pop(0)
+        claim = meter.time("claim", coordinator.claim, d.execution_id, d.task_id)
+        assert claim is not None, f"{d.task_id} could not be claimed"
+        meter.time("succeeded", coordinator.succeeded, d.execution_id, d.task_id, None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.store_cost", description=__doc__)
+    p.add_argument("--tasks", type=int, default=500, help="tasks per shape (default 500)")
+    args = p.parse_args(argv)
+    admin = sa.create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"flowq_store_cost_{uuid.uuid4().hex[:8]}"
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        store = Store(PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}")
+        store.upgrade()
+        dispatcher = ListDispatcher()
+        coordinator = Coordinator(store, dispatcher)
+        for definition in (shapes.chain_def(args.tasks), shapes.fan_in_def(args.tasks)):
+            wf = Workflow.from_dict(definition)
+            coordinator.register(wf)
+            drive(coordinator, dispatcher.sent, Meter(store.engine), wf.id)  # warm caches
+            meter = Meter(store.engine)
+            drive(coordinator, dispatcher.sent, meter, wf.id)
+            print(f"\n{wf.id} ({len(wf.task_ids)} tasks)\n")
+            print("\n".join(meter.lines()))
+        store.dispose()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}"')
+        admin.dispose()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,87 @@
+"""Regression guard on the bench's deterministic counters: store commits and broker commands per
+task. Never wall time. A private redis-server and a fresh Postgres database keep the servers'
+own counters to this test's traffic; heartbeats are slowed so that only task work commits.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from bench import shapes
+from bench.counters import PgCommits, RedisCounts, redis_counts
+from bench.env import Env
+from bench.sides import FlowqSide
+from tests.conftest import IN_CI, PG_ADMIN_URL, require_service
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# A task costs two commits (claim; success with its successors' dispatch) and a start one: a
+# 50-task chain and a 50-wide fan-in with its join measure 2.03 to 2.04. Issue 6 aims at 2.
+COMMITS_PER_TASK = 2.1
+# Broker commands per task: publish, fetch, and the unacked bookkeeping of acks_late (measured
+# 10.0 with one worker process idling on BRPOP beside the work).
+REDIS_COMMANDS_PER_TASK = 11.0
+SIZE = 50
+PUBLISHED_AFTER = 11.0  # an idle Postgres session publishes its counts within 10 s
+
+
+@pytest.fixture(scope="module")
+def side() -> Iterator[FlowqSide]:
+    require_service("Redis", "127.0.0.1", 6379)
+    require_service("Postgres", "127.0.0.1", 5432)
+    if shutil.which("redis-server") is None:
+        message = "redis-server is not installed (the guard runs a private one)"
+        if IN_CI:
+            pytest.fail(message)
+        pytest.skip(message)
+    quiet = {"FLOWQ_HEARTBEAT_SECONDS": "3600"}
+    with Env(plain=False, admin_url=PG_ADMIN_URL, worker_env=quiet) as env:
+        flowq = FlowqSide(env)
+        try:
+            yield flowq
+        finally:
+            flowq.close()
+
+
+def measure(side: FlowqSide, definition: dict[str, Any], tasks: int) -> tuple[int, RedisCounts]:
+    """Store commits and broker counters of two runs of ``definition``.
+
+    Settling the counters ends the store sessions, and reconnecting costs commits of its own;
+    so the window opens after a warm-up run, once idle sessions have published their counts.
+    """
+    workflow_id = side.register(definition)
+    pg = PgCommits(side.env.admin, side.env.db_name)
+    side.release()
+    pg.flush()
+    assert side.run(workflow_id, tasks, timeout=120).seconds is not None
+    time.sleep(PUBLISHED_AFTER)  # sessions stay open: a new one would commit as it starts
+    start, polls = pg.read(), side.polls
+    before = redis_counts(side.broker)
+    for _ in range(2):
+        assert side.run(workflow_id, tasks, timeout=120).seconds is not None
+    broker = redis_counts(side.broker) - before
+    side.release()
+    commits = pg.settled() - start - (side.polls - polls)
+    assert side.verify() == []
+    return commits, broker
+
+
+@pytest.mark.parametrize(
+    ("definition", "tasks"),
+    [(shapes.chain_def(SIZE), SIZE), (shapes.fan_in_def(SIZE), SIZE + 1)],
+    ids=["chain", "fan-in"],
+)
+def test_counters_per_task_stay_within_bounds(
+    side: FlowqSide, definition: dict[str, Any], tasks: int
+) -> None:
+    commits, broker = measure(side, definition, tasks)
+    assert commits > 0, "no commit counted: the sessions' statistics were not published"
+    per_task = commits / (2 * tasks)
+    assert per_task <= COMMITS_PER_TASK, f"{commits} commits for {2 * tasks} tasks"
+    commands = broker.commands / (2 * tasks)
+    assert commands <= REDIS_COMMANDS_PER_TASK, f"{commands:.2f} per task: {broker.calls}"
