@@ -74,10 +74,11 @@ def test_backoff_delays_double_and_stop_at_the_cap(run: Run, client: Client) -> 
     _, waited = attempt_windows(client, doc["execution_id"], "f")
     expected = [0.25, 0.5, 0.6, 0.6]  # 0.25 * 2**n, capped at 0.6
     assert len(waited) == 4
+    # Each wait lasted at least its delay (the exact delays are the recorded countdowns below:
+    # a wall-clock upper bound would only measure how loaded the machine is).
     for got, want in zip(waited, expected, strict=True):
-        assert want - 0.02 <= got <= want + 0.3, (waited, expected)
-    assert waited[1] > waited[0] * 1.5  # it grows ...
-    assert abs(waited[3] - waited[2]) < 0.2  # ... until the cap holds it
+        assert got >= want - 0.02, (waited, expected)
+    # the delays double, then the cap holds them
     reasons = [h["reason"] for h in client.history(doc["execution_id"]) if h["to"] == "retrying"]
     assert [r.rsplit("retrying in ", 1)[1] for r in reasons] == ["0.25s", "0.50s", "0.60s", "0.60s"]
     assert_legal_history(client.history(doc["execution_id"]))
@@ -99,7 +100,7 @@ def test_jittered_delays_stay_within_their_bound(run: Run, client: Client) -> No
         assert 0 <= delay <= bound
     _, waited = attempt_windows(client, doc["execution_id"], "f")
     for got, delay in zip(waited, delays, strict=True):
-        assert delay - 0.02 <= got <= delay + 0.3
+        assert got >= delay - 0.02, (waited, delays)
 
 
 # -- delays below the broker's visibility timeout ---------------------------------------------
@@ -185,7 +186,7 @@ def test_an_attempt_past_its_timeout_fails_and_is_retried(run: Run, client: Clie
     assert slow["error"] == "TaskTimeout: the attempt ran longer than the task's timeout of 0.5s"
     assert doc["tasks"]["after"]["state"] == "upstream_failed"
     ran, _ = attempt_windows(client, doc["execution_id"], "slow")
-    assert len(ran) == 2 and all(0.45 <= r < 1.5 for r in ran), ran
+    assert len(ran) == 2 and all(0.45 <= r < 4.0 for r in ran), ran
     history = client.history(doc["execution_id"])
     retrying = [h["reason"] for h in history if h["task_id"] == "slow" and h["to"] == "retrying"]
     assert retrying == [
@@ -284,5 +285,5 @@ def test_http_task_against_a_server_that_never_answers(
     assert tasks["by_attempt"]["error"] == timed_out
     for task_id in tasks:
         ran, _ = attempt_windows(client, doc["execution_id"], task_id)
-        assert len(ran) == 2 and all(0.45 <= r < 1.5 for r in ran), (task_id, ran)
+        assert len(ran) == 2 and all(0.45 <= r < 4.0 for r in ran), (task_id, ran)
     assert len(silent.conns) == 6  # each attempt reached the server
