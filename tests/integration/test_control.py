@@ -39,7 +39,14 @@ def test_pause_stops_new_tasks_and_resume_continues(client: Client) -> None:
     ]})  # fmt: skip
     client.register(wf, replace=True)
     eid = client.start("c_pause", {})
-    wait_for(lambda: client.status(eid)["tasks"]["s1a"]["state"] == "running", what="stage 1")
+    # pause once both stage-1 tasks run: a task still queued when the pause lands waits too
+    wait_for(
+        lambda: (
+            [client.status(eid)["tasks"][t]["state"] for t in ("s1a", "s1b")]
+            == ["running", "running"]
+        ),
+        what="stage 1",
+    )
     paused = client.pause(eid)
     assert paused["state"] == "paused"
     time.sleep(3.0)  # longer than the rest of stage 1 plus all of stage 2
