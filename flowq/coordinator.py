@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from flowq import rules
+from flowq import graph, rules
 from flowq import states as S
 from flowq.definition import Task, Workflow
 from flowq.errors import FlowqError, InvalidTransition, ValidationError
@@ -86,6 +86,7 @@ class Definitions:
         self.store = store
         self._by_digest: dict[str, Workflow] = {}
         self._ancestors: dict[tuple[str, str], frozenset[str]] = {}
+        self._deps: dict[str, dict[str, tuple[str, ...]]] = {}
 
     def add(self, wf: Workflow) -> None:
         """Remember a definition this process already holds."""
@@ -108,14 +109,10 @@ class Definitions:
         key = (wf.digest(), task_id)
         found = self._ancestors.get(key)
         if found is None:
-            seen: set[str] = set()
-            todo = list(wf.deps(task_id))
-            while todo:
-                node = todo.pop()
-                if node not in seen:
-                    seen.add(node)
-                    todo.extend(wf.deps(node))
-            found = self._ancestors[key] = frozenset(seen)
+            deps = self._deps.get(key[0])
+            if deps is None:
+                deps = self._deps[key[0]] = {t: wf.deps(t) for t in wf.task_ids}
+            found = self._ancestors[key] = frozenset(graph.ancestors(deps, task_id))
         return found
 
     def results_for(self, wf: Workflow, task_id: str) -> frozenset[str]:
@@ -541,7 +538,9 @@ class Coordinator:
     # -- control -------------------------------------------------------------------------------
     def pause(self, execution_id: str) -> None:
         """Stop starting tasks; running ones finish and keep their results."""
-        self._move(execution_id, S.PAUSED, "pause", "paused by request")
+        self.store.transact(
+            lambda tx: self._control(tx, execution_id, "pause", "paused by request")
+        )
 
     def resume(self, execution_id: str) -> None:
         """Continue a paused execution where it stopped."""
@@ -658,9 +657,6 @@ class Coordinator:
         self._propagate(step)
         self._settle(step)
         return step.dispatch
-
-    def _move(self, execution_id: str, to: str, action: str, reason: str) -> None:
-        self.store.transact(lambda tx: self._control(tx, execution_id, action, reason))
 
     @staticmethod
     def _control(tx: Tx, execution_id: str, action: str, reason: str, **values: Any) -> str:
