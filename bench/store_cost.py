@@ -47,8 +47,10 @@ class Meter:
         sa.event.listen(engine, "before_cursor_execute", self._statement)
         sa.event.listen(engine, "commit", self._commit)
 
-    def _statement(self, *_: Any) -> None:
+    def _statement(self, conn: sa.Connection, *_: Any) -> None:
         self.statements += 1
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            self.commits += 1  # a statement in autocommit mode is a transaction of its own
 
     def _commit(self, *_: Any) -> None:
         self.commits += 1

@@ -24,9 +24,10 @@ from sqlalchemy import exc as sa_exc
 from flowq import graph, rules
 from flowq import states as S
 from flowq.definition import Task, Workflow
-from flowq.errors import FlowqError, InvalidTransition, ValidationError
+from flowq.errors import FlowqError, InvalidTransition, NotFound, ValidationError
 from flowq.store import Store, Tx
 from flowq.store import tables as t
+from flowq.store.hotpath import Ended, Meta
 from flowq.templates import evaluate
 
 log = logging.getLogger("flowq.coordinator")
@@ -146,7 +147,7 @@ class Coordinator:
         self.store = store
         self.dispatcher = dispatcher
         self.definitions = Definitions(store)
-        self._meta: OrderedDict[str, tuple[str, int, int, dict[str, Any]]] = OrderedDict()
+        self._meta: OrderedDict[str, Meta] = OrderedDict()
         self._meta_lock = threading.Lock()
 
     # -- definitions ---------------------------------------------------------------------------
@@ -219,13 +220,15 @@ class Coordinator:
         eid = str(uuid.uuid4())
         n = len(wf.task_ids)
         prio = DEFAULT_PRIORITY if priority is None else priority
+        # Inserted as running (nothing can observe `created` in between), with both transitions
+        # in the history; roots without `when` are inserted queued, the others decided below.
         tx.insert_execution(
             {
                 "id": eid,
                 "workflow_id": wf.id,
                 "version": version,
                 "digest": digest,
-                "state": S.CREATED,
+                "state": S.RUNNING,
                 "vars": values,
                 "priority": prio,
                 "idempotency_key": idempotency_key,
@@ -234,23 +237,31 @@ class Coordinator:
             }
         )
         tx.record(eid, None, None, S.CREATED, "started")
+        tx.record(eid, None, S.CREATED, S.RUNNING, "dispatched")
+        roots = wf.roots()
+        queued = [r for r in roots if not wf.task(r).when]
+        now_queued = set(queued)
         tx.insert_tasks(
             [
                 {
                     "execution_id": eid,
                     "task_id": tid,
                     "position": i,
-                    "state": S.PENDING,
                     "deps_total": len(wf.deps(tid)),
                     "deps_remaining": len(wf.deps(tid)),
+                    "state": S.QUEUED if tid in now_queued else S.PENDING,
+                    "queued_at": tx.now if tid in now_queued else None,
                 }
                 for i, tid in enumerate(wf.task_ids)
             ]
         )
-        tx.cas_execution(eid, S.CREATED, S.RUNNING, "dispatched")
         step = _Step(tx, eid, wf, version, prio, S.RUNNING, values)
-        for root in wf.roots():
-            self._act(step, root, rules.RUN, "root task")
+        for root in queued:
+            tx.record(eid, root, S.PENDING, S.QUEUED, "root task")
+            step.dispatch.append(self._dispatch_of(step, root))
+        for root in roots:
+            if root not in now_queued:
+                self._act(step, root, rules.RUN, "root task")
         self._propagate(step)
         self._settle(step)
         return Started(eid, True), step.dispatch
@@ -263,17 +274,20 @@ class Coordinator:
         (a task ending) reuses them and does not read the row; its state then stays unknown.
         """
         meta = None if fresh else self._meta.get(execution_id)
+        state: str | None = None
         if meta is None:
-            row = tx.execution(execution_id)
-            meta = (str(row.digest), int(row.version), int(row.priority), dict(row.vars))
-            self._remember(execution_id, meta)
-            state: str | None = str(row.state)
-        else:
-            state = None
-        wf = self.definitions.get(meta[0], tx)
-        return _Step(tx, execution_id, wf, meta[1], meta[2], state, meta[3])
+            meta, state = self._read_meta(tx, execution_id)
+        wf = self.definitions.get(meta.digest, tx)
+        return _Step(tx, execution_id, wf, meta.version, meta.priority, state, meta.vars)
 
-    def _remember(self, execution_id: str, meta: tuple[str, int, int, dict[str, Any]]) -> None:
+    def _read_meta(self, tx: Tx, execution_id: str) -> tuple[Meta, str]:
+        """Read the execution's fixed fields (and remember them) and its current state."""
+        row = tx.execution(execution_id)
+        meta = Meta(str(row.digest), int(row.version), int(row.priority), dict(row.vars))
+        self._remember(execution_id, meta)
+        return meta, str(row.state)
+
+    def _remember(self, execution_id: str, meta: Meta) -> None:
         with self._meta_lock:
             self._meta[execution_id] = meta
             self._meta.move_to_end(execution_id)
@@ -386,13 +400,52 @@ class Coordinator:
         *,
         celery_id: str | None = None,
         worker: str | None = None,
+        digest: str | None = None,
     ) -> Claim | None:
         """Mark a task running if it may start now; None if it may not (paused, duplicate...).
+
+        ``digest`` (from the task's message) names the definition, so that a worker seeing an
+        execution for the first time needs no read before its claim.
 
         The same message seen again while its task is `running` means the process running it
         died (Celery redelivers it: acks_late + reject_on_worker_lost): that attempt is lost,
         and the task runs again while attempts remain.
         """
+
+        def queued(tx: Tx) -> Claim | None:
+            # the hot path: a queued task of a running execution, one statement on Postgres
+            meta = self._meta.get(execution_id)
+            if meta is None and digest is None:  # no digest in the message: read the execution
+                try:
+                    meta = self._read_meta(tx, execution_id)[0]
+                except NotFound:
+                    return None
+            wf = self.definitions.get(meta.digest if meta is not None else str(digest), tx)
+            got = tx.claim_queued(
+                execution_id,
+                task_id,
+                self.definitions.results_for(wf, task_id),
+                celery_id=celery_id,
+                worker=worker,
+                with_meta=meta is None,
+            )
+            if got is None:
+                return None
+            results = got.results
+            if got.meta is not None:  # first sight of the execution: its fields came along
+                meta = got.meta
+                self._remember(execution_id, meta)
+                if meta.digest != wf.digest():  # the message named another definition
+                    wf = self.definitions.get(meta.digest, tx)
+                    results = tx.results(execution_id, self.definitions.results_for(wf, task_id))
+            assert meta is not None
+            # a copy: the cached vars must not see what a handler does to its own
+            vars_copy = copy.deepcopy(meta.vars)
+            return Claim(wf, wf.task(task_id), vars_copy, results, got.attempt, execution_id)
+
+        claim = self.store.transact(queued, single=True)
+        if claim is not None:
+            return claim
 
         def body(tx: Tx) -> tuple[Claim | None, list[Dispatch]]:
             values = {"started_at": tx.now, "celery_id": celery_id, "worker": worker}
@@ -501,23 +554,60 @@ class Coordinator:
         def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
             step = self._step(tx, execution_id, fresh=False)
             reason = values.get("error") if to == S.FAILED else None
-            if not tx.cas_task(
-                execution_id, task_id, S.RUNNING, to, reason, finished_at=tx.now, **values
-            ):
+            successors = step.wf.successors(task_id)
+            ended = tx.end_task(
+                execution_id,
+                task_id,
+                to,
+                reason,
+                successors,
+                result=values.get("result"),
+                error=values.get("error"),
+            )
+            if ended is None:
                 row = tx.task(execution_id, task_id)
                 now = row.state if row is not None else "unknown"
                 # A note, not a transition: `from` equals `to`.
                 tx.record(execution_id, task_id, now, now, f"late {to} ignored: task is {now}")
                 log.info("ignored %s of %s/%s: it is %s", to, execution_id, task_id, now)
                 return False, []
-            step.settled.append((task_id, to))
-            self._propagate(step)
-            self._settle(step)
+            step.state = ended.execution_state
+            self._advance(step, f"{task_id} {to}", successors, ended)
             return True, step.dispatch
 
         ok, dispatches = self.store.transact(body)
         self._send(dispatches)
         return ok
+
+    def _advance(self, step: _Step, because: str, order: Sequence[str], ended: Ended) -> None:
+        """Act on the successors a task's end decided, then settle whatever that cascaded."""
+        ready: list[str] = []
+        counters = {c.task_id: c for c in ended.successors}
+        for succ in order:
+            row = counters.get(succ)
+            if row is None or row.state != S.PENDING:
+                continue
+            decision = rules.decide(
+                step.wf.task(succ).trigger_rule,
+                row.deps_total,
+                row.deps_remaining,
+                row.deps_succeeded,
+                row.deps_failed,
+                row.deps_skipped,
+            )
+            if decision == rules.RUN and not step.wf.task(succ).when:
+                ready.append(succ)  # queued together below
+            elif decision != rules.WAIT:
+                self._act(step, succ, decision, because)
+        if ready:
+            queued = step.tx.queue_pending(step.execution_id, ready, because)
+            if step.state == S.RUNNING:
+                step.dispatch.extend(self._dispatch_of(step, tid) for tid in queued)
+        if step.settled:
+            self._propagate(step)
+            self._settle(step)  # counts only what cascaded: the ended task is counted already
+        elif ended.remaining == 0 and step.state == S.RUNNING:
+            self._finish(step)
 
     def retrying(self, execution_id: str, task_id: str, error: str, countdown: float) -> bool:
         """Record that a failed attempt will be retried after ``countdown`` seconds."""

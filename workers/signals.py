@@ -45,8 +45,13 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
             return
         sender.request.flowq_claim = None
         try:
+            kwargs = sender.request.kwargs or {}
             claim = runtime.coordinator.claim(
-                ids[0], ids[1], celery_id=task_id, worker=sender.request.hostname or HOSTNAME
+                ids[0],
+                ids[1],
+                celery_id=task_id,
+                worker=sender.request.hostname or HOSTNAME,
+                digest=kwargs.get("digest") if isinstance(kwargs.get("digest"), str) else None,
             )
         except Exception:
             log.exception("could not claim %s/%s; leaving it for recovery", *ids)

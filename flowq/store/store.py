@@ -13,8 +13,10 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from flowq.errors import Conflict, NotFound
+from flowq.store import hotpath
 from flowq.store import tables as t
 from flowq.store.engine import create_engine, is_sqlite
+from flowq.store.hotpath import Claimed, Counters, Ended, Meta
 from flowq.store.migrate import upgrade
 
 log = logging.getLogger("flowq.store")
@@ -52,6 +54,8 @@ class Tx:
         self.conn = conn
         self.now = utcnow()
         self._history: list[dict[str, Any]] = []
+        # Postgres runs the per-task hot path as single statements (flowq.store.hotpath)
+        self.postgres = conn.dialect.name == "postgresql"
 
     # -- history --------------------------------------------------------------------------------
     def record(
@@ -73,6 +77,11 @@ class Tx:
                 "at": self.now,
             }
         )
+
+    @property
+    def has_pending_history(self) -> bool:
+        """True while recorded history rows wait for ``flush``."""
+        return bool(self._history)
 
     def flush(self) -> None:
         """Write the batched history rows."""
@@ -354,6 +363,95 @@ class Tx:
             .returning(*(getattr(c, n) for n in ROW_COLUMNS))
         ).first()
 
+    # -- the per-task hot path: one statement each on Postgres --------------------------------
+    def claim_queued(
+        self,
+        execution_id: str,
+        task_id: str,
+        result_ids: Iterable[str],
+        *,
+        celery_id: str | None,
+        worker: str | None,
+        with_meta: bool = False,
+    ) -> Claimed | None:
+        """queued -> running while the execution runs: the attempt number and upstream results.
+
+        ``with_meta``: the execution's fixed fields (``Meta``) too. None when the task is not
+        queued or its execution is not running.
+        """
+        ids = list(result_ids)
+        if self.postgres:
+            self.flush()
+            return hotpath.claim_queued(
+                self.conn, self.now, execution_id, task_id, ids, celery_id, worker, with_meta
+            )
+        values = {"started_at": self.now, "celery_id": celery_id, "worker": worker}
+        attempt = self.claim(execution_id, task_id, "queued", **values)
+        if attempt is None:
+            return None
+        results = self.results(execution_id, ids)
+        if not with_meta:
+            return Claimed(attempt, results)
+        row = self.execution(execution_id)
+        meta = Meta(str(row.digest), int(row.version), int(row.priority), dict(row.vars))
+        return Claimed(attempt, results, meta)
+
+    def end_task(
+        self,
+        execution_id: str,
+        task_id: str,
+        to: str,
+        reason: str | None,
+        successors: Sequence[str],
+        *,
+        result: Any = None,
+        error: str | None = None,
+    ) -> Ended | None:
+        """running -> ``to`` (succeeded or failed), counted against each successor and against
+        the execution's remaining tasks; None (and nothing written) when it was not running.
+
+        ``result`` is stored only on success; a failure keeps the stored result.
+        """
+        if self.postgres:
+            self.flush()
+            return hotpath.end_task(
+                self.conn, self.now, execution_id, task_id, to, reason, successors, result, error
+            )
+        values: dict[str, Any] = {"error": error, "finished_at": self.now}
+        if to == "succeeded":
+            values["result"] = result
+        if not self.cas_task(execution_id, task_id, "running", to, reason, **values):
+            return None
+        counters = []
+        for succ in successors:
+            row = self.count_upstream_end(execution_id, succ, to)
+            if row is not None:
+                counters.append(
+                    Counters(
+                        succ,
+                        row.state,
+                        row.deps_total,
+                        row.deps_remaining,
+                        row.deps_succeeded,
+                        row.deps_failed,
+                        row.deps_skipped,
+                    )
+                )
+        remaining, state = self.settle_count(execution_id, 1)
+        return Ended(counters, remaining, str(state))
+
+    def queue_pending(self, execution_id: str, task_ids: Sequence[str], reason: str) -> list[str]:
+        """pending -> queued for each of ``task_ids``; the ids that moved, in the given order."""
+        if self.postgres:
+            self.flush()
+            moved = set(hotpath.queue_pending(self.conn, self.now, execution_id, task_ids, reason))
+            return [tid for tid in task_ids if tid in moved]
+        return [
+            tid
+            for tid in task_ids
+            if self.cas_task(execution_id, tid, "pending", "queued", reason, queued_at=self.now)
+        ]
+
     # -- workers -------------------------------------------------------------------------------
     def heartbeat(self, name: str, pid: int) -> None:
         """Record that worker ``name`` is alive now."""
@@ -428,8 +526,13 @@ class Store:
         """Drop pooled connections (after fork, or when done)."""
         self.engine.dispose()
 
-    def transact(self, fn: Callable[[Tx], T], *, readonly: bool = False) -> T:
-        """Run ``fn`` in one transaction; retry it whole on lost connections and deadlocks."""
+    def transact(self, fn: Callable[[Tx], T], *, readonly: bool = False, single: bool = False) -> T:
+        """Run ``fn`` in one transaction; retry it whole on lost connections and deadlocks.
+
+        ``single``: ``fn`` writes with one statement at most (reads before it are fine), so on
+        Postgres it runs in autocommit mode, which saves the BEGIN and COMMIT round trips: the
+        statement is its own transaction. SQLite still wraps ``fn`` in a transaction.
+        """
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
         while True:
@@ -437,6 +540,14 @@ class Store:
                 conn = self.engine.connect()
                 if readonly:
                     conn = conn.execution_options(flowq_readonly=True)
+                if single and not self.is_sqlite:
+                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+                    with conn:
+                        tx = Tx(conn)
+                        out = fn(tx)
+                        if tx.has_pending_history:
+                            raise RuntimeError("a single-statement call left history unwritten")
+                    return out
                 with conn, conn.begin():
                     tx = Tx(conn)
                     out = fn(tx)

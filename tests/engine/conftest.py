@@ -1,4 +1,8 @@
-"""Fixtures for engine tests: an embedded client on a fresh SQLite store."""
+"""Fixtures for engine tests: an embedded client on a fresh SQLite store, and on Postgres.
+
+Both stores run every engine test: SQLite takes the generic statements, Postgres the
+single-statement hot path (flowq.store.hotpath), and the two must behave alike.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +13,29 @@ from typing import Any
 import pytest
 
 from flowq import Client, Settings, Workflow
+from flowq.store import Store
+from tests.conftest import fresh_postgres_database
 
 Run = Callable[..., dict[str, Any]]
 
 
-@pytest.fixture
-def client(tmp_path: Path) -> Iterator[Client]:
-    with Client(Settings(database_url=f"sqlite:///{tmp_path / 'state.db'}")) as c:
+@pytest.fixture(scope="session")
+def engine_pg_url() -> Iterator[str]:
+    """One Postgres database for the engine tests (their executions never collide)."""
+    with fresh_postgres_database("flowq_engine") as url:
+        store = Store(url)
+        store.upgrade()
+        store.dispose()
+        yield url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def client(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Client]:
+    if request.param == "postgres":
+        url = request.getfixturevalue("engine_pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'state.db'}"
+    with Client(Settings(database_url=url)) as c:
         yield c
 
 

@@ -76,4 +76,6 @@ def test_cost_per_task_stays_flat(meter: Meter, shape: Any) -> None:
     assert large["max_message"] <= small["max_message"] + 8, (small, large)
     # the same statements per task (start and end of the workflow spread over more tasks)
     assert large["per_task"] <= small["per_task"] * 1.05, (small, large)
-    assert large["per_task"] > 5  # the meter saw the workers' statements
+    # the meter saw the workers' statements: at least a claim and an end per task (Postgres
+    # sends one statement for each; SQLite's generic path sends several)
+    assert large["per_task"] >= 2

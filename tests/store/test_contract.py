@@ -13,6 +13,7 @@ from sqlalchemy import exc as sa_exc
 from flowq.errors import Conflict, NotFound
 from flowq.store import Store, Tx
 from flowq.store import tables as t
+from flowq.store.hotpath import Claimed, Meta
 from flowq.store.migrate import is_current
 
 
@@ -144,6 +145,82 @@ def test_dependency_counters(store: Store) -> None:
         second.state,
     ) == (0, 1, 1, 0, "pending")
     assert store.transact(lambda tx: tx.settle_count("e1", 2)) == (0, "created")
+
+
+def _history(store: Store, eid: str = "e1") -> list[tuple[str | None, str | None, str, str | None]]:
+    rows = store.read(
+        lambda tx: tx.conn.execute(
+            sa.select(t.history.c.task_id, t.history.c.from_state, t.history.c.to_state)
+            .add_columns(t.history.c.reason)
+            .where(t.history.c.execution_id == eid)
+            .order_by(t.history.c.id)
+        ).all()
+    )
+    return [tuple(r) for r in rows]
+
+
+def test_hot_path_claim_end_and_queue_agree_on_both_stores(store: Store) -> None:
+    store.transact(_execution)
+    store.transact(lambda tx: tx.cas_execution("e1", "created", "running"))
+    store.transact(lambda tx: tx.cas_task("e1", "a", "pending", "queued"))
+    # only a queued task of a running execution is claimed, in one call, with its results
+    got = store.transact(
+        lambda tx: tx.claim_queued("e1", "a", ["b"], celery_id="c-1", worker="w1"), single=True
+    )
+    assert got == Claimed(1, {})
+    assert store.transact(
+        lambda tx: tx.claim_queued("e1", "a", [], celery_id="c-2", worker="w1"), single=True
+    ) is None  # fmt: skip
+    row = store.read(lambda tx: tx.task("e1", "a"))
+    assert row is not None
+    assert (row.state, row.attempts, row.celery_id, row.worker) == ("running", 1, "c-1", "w1")
+    # the end counts against each successor and the execution, in the same call
+    ended = store.transact(
+        lambda tx: tx.end_task("e1", "a", "succeeded", None, ["b"], result={"x": [1, "two"]})
+    )
+    assert ended is not None
+    assert (ended.remaining, ended.execution_state) == (1, "running")
+    assert [(c.task_id, c.state, c.deps_remaining, c.deps_succeeded) for c in ended.successors] == [
+        ("b", "pending", 1, 1)
+    ]
+    # a second end of the same task changes nothing
+    assert store.transact(lambda tx: tx.end_task("e1", "a", "failed", "x", ["b"])) is None
+    row = store.read(lambda tx: tx.task("e1", "b"))
+    assert row is not None and (row.deps_remaining, row.deps_failed) == (1, 0)
+    assert store.transact(lambda tx: tx.queue_pending("e1", ["b", "a"], "a succeeded")) == ["b"]
+    assert store.transact(lambda tx: tx.queue_pending("e1", ["b"], "again")) == []
+    got = store.transact(
+        lambda tx: tx.claim_queued("e1", "b", ["a"], celery_id="c-3", worker="w2", with_meta=True),
+        single=True,
+    )
+    # with_meta: the execution's fixed fields come with the claim
+    assert got is not None and got.meta == Meta("d" * 64, 1, 5, {"n": 1})
+    got = Claimed(got.attempt, got.results)
+    assert got == Claimed(1, {"a": {"x": [1, "two"]}})
+    ended = store.transact(lambda tx: tx.end_task("e1", "b", "failed", "boom", [], error="boom"))
+    assert ended is not None and (ended.remaining, ended.successors) == (0, [])
+    row = store.read(lambda tx: tx.task("e1", "b"))
+    assert row is not None and (row.state, row.error, row.result) == ("failed", "boom", None)
+    assert _history(store)[-6:] == [
+        ("a", "pending", "queued", None),
+        ("a", "queued", "running", "attempt 1"),
+        ("a", "running", "succeeded", None),
+        ("b", "pending", "queued", "a succeeded"),
+        ("b", "queued", "running", "attempt 1"),
+        ("b", "running", "failed", "boom"),
+    ]
+
+
+def test_hot_path_claim_refuses_a_paused_execution(store: Store) -> None:
+    store.transact(_execution)
+    store.transact(lambda tx: tx.cas_execution("e1", "created", "paused"))
+    store.transact(lambda tx: tx.cas_task("e1", "a", "pending", "queued"))
+    claim = store.transact(
+        lambda tx: tx.claim_queued("e1", "a", [], celery_id=None, worker=None), single=True
+    )
+    assert claim is None
+    row = store.read(lambda tx: tx.task("e1", "a"))
+    assert row is not None and (row.state, row.attempts) == ("queued", 0)
 
 
 def test_idempotency_key_is_unique_per_workflow(store: Store) -> None:

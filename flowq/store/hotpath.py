@@ -1,0 +1,246 @@
+"""Postgres statements for the per-task hot path: a claim, a task's end, queueing successors.
+
+Each one is a single statement that does what the generic ``Tx`` methods do in several: the
+compare-and-set, the history row (a data-modifying CTE) and the reads that follow, so a claim is
+one round trip and a task's end one or two. The statements run on the DBAPI connection of the
+transaction's SQLAlchemy connection, as plain text that psycopg prepares once per connection:
+no SQL is built or compiled per task. SQLite (embedded) uses the generic methods; the store
+contract tests run both and check they agree.
+
+Every row is found by its primary key. State conditions are written ``(state || '') = ...`` so
+that the planner cannot use the ``state`` indexes (made for the reconciler's scans) instead: on
+a young table without statistics it otherwise does, and a claim scans every queued task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from psycopg.types.json import Jsonb
+
+_CLAIM = """
+WITH c AS (
+    UPDATE flowq_task_runs
+       SET state = 'running', attempts = attempts + 1, updated_at = %(now)s,
+           started_at = %(now)s, celery_id = %(celery_id)s, worker = %(worker)s
+     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'
+       AND EXISTS (SELECT 1 FROM flowq_executions x
+                    WHERE x.id = %(e)s AND (x.state || '') = 'running')
+ RETURNING attempts
+), h AS (
+    INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+    SELECT %(e)s, %(t)s, 'queued', 'running', 'attempt ' || c.attempts, %(now)s FROM c
+)
+SELECT c.attempts, {results} AS results{meta}
+  FROM c{join}
+"""
+_RESULTS = """(SELECT coalesce(jsonb_object_agg(r.task_id, r.result), '{}'::jsonb)
+          FROM flowq_task_runs r
+         WHERE r.execution_id = %(e)s AND {ids} AND (r.state || '') = 'succeeded')"""
+_META = {
+    "{meta}": ", x.digest, x.version, x.priority, x.vars",
+    "{join}": " JOIN flowq_executions x ON x.id = %(e)s",
+}
+_NO_META = {"{meta}": "", "{join}": ""}
+
+# How a statement names the tasks it reads or updates by id, for no, one and several ids.
+# One id is an equality: Postgres (before 17) does not use ``= ANY(array)`` on the second
+# column of the primary key as an index condition, only as a filter over every task of the
+# execution; several ids are rare (fan-outs, joins) and pay that scan once.
+_ID_CONDITIONS = ("FALSE", "{col} = %(ids)s", "{col} = ANY(%(ids)s::text[])")
+
+
+def _fill(template: str, fields: dict[str, str]) -> str:
+    for key, value in fields.items():
+        template = template.replace(key, value)
+    return template
+
+
+def _by_ids(template: str, column: str, **fields: str) -> tuple[str, str, str]:
+    """The statement for no, one and several ids (index 0, 1, 2)."""
+    return tuple(  # type: ignore[return-value]
+        _fill(template, {"{ids}": c.replace("{col}", column), **fields}) for c in _ID_CONDITIONS
+    )
+
+
+def _ids_param(ids: Sequence[str]) -> str | list[str]:
+    return ids[0] if len(ids) == 1 else list(ids)
+
+
+def _variant(ids: Sequence[str]) -> int:
+    return min(len(ids), 2)
+
+
+# CLAIMS[with the execution's fixed fields][ids variant]: the first claim of an execution in a
+# process brings its fixed fields (then kept in memory); a root needs no results
+CLAIMS = {
+    with_meta: tuple(
+        _fill(_CLAIM, {"{results}": "NULL" if v == 0 else results, **fields})
+        for v, results in enumerate(_by_ids(_RESULTS, "r.task_id"))
+    )
+    for with_meta, fields in ((False, _NO_META), (True, _META))
+}
+
+_END_TASK = """
+WITH c AS (
+    UPDATE flowq_task_runs
+       SET state = %(to)s::text, error = %(error)s,
+           result = CASE WHEN %(to)s::text = 'succeeded' THEN %(result)s ELSE result END,
+           finished_at = %(now)s, updated_at = %(now)s
+     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'running'
+ RETURNING 1 AS one
+), h AS (
+    INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+    SELECT %(e)s, %(t)s, 'running', %(to)s::text, %(reason)s, %(now)s FROM c
+), s AS (
+    UPDATE flowq_task_runs
+       SET deps_remaining = deps_remaining - 1,
+           deps_succeeded = deps_succeeded + %(succeeded)s,
+           deps_failed = deps_failed + %(failed)s
+     WHERE execution_id = %(e)s AND {ids} AND EXISTS (SELECT 1 FROM c)
+ RETURNING task_id, state, deps_total, deps_remaining, deps_succeeded, deps_failed, deps_skipped
+), x AS (
+    UPDATE flowq_executions
+       SET tasks_remaining = tasks_remaining - 1, updated_at = %(now)s
+     WHERE id = %(e)s AND EXISTS (SELECT 1 FROM c)
+ RETURNING tasks_remaining, state
+)
+SELECT (SELECT count(*) FROM c) AS ended,
+       (SELECT coalesce(jsonb_agg(to_jsonb(s)), '[]'::jsonb) FROM s) AS successors,
+       (SELECT tasks_remaining FROM x) AS remaining,
+       (SELECT state FROM x) AS state
+"""
+
+_QUEUE_PENDING = """
+WITH q AS (
+    UPDATE flowq_task_runs
+       SET state = 'queued', queued_at = %(now)s, updated_at = %(now)s
+     WHERE execution_id = %(e)s AND {ids} AND (state || '') = 'pending'
+ RETURNING task_id
+), h AS (
+    INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+    SELECT %(e)s, q.task_id, 'pending', 'queued', %(reason)s, %(now)s FROM q
+)
+SELECT task_id FROM q
+"""
+
+END_TASK = _by_ids(_END_TASK, "task_id")
+QUEUE_PENDING = _by_ids(_QUEUE_PENDING, "task_id")
+
+
+@dataclass(frozen=True)
+class Meta:
+    """An execution's fields that never change: definition digest, version, priority, vars."""
+
+    digest: str
+    version: int
+    priority: int
+    vars: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A claim made: the attempt number, upstream results, the execution's fields if asked."""
+
+    attempt: int
+    results: dict[str, Any]
+    meta: Meta | None = None
+
+
+@dataclass(frozen=True)
+class Counters:
+    """A successor's state and dependency counters, as ``Tx.count_upstream_end`` returns them."""
+
+    task_id: str
+    state: str
+    deps_total: int
+    deps_remaining: int
+    deps_succeeded: int
+    deps_failed: int
+    deps_skipped: int
+
+
+@dataclass(frozen=True)
+class Ended:
+    """What a task's end changed: its successors' counters and the execution's remaining tasks."""
+
+    successors: list[Counters]
+    remaining: int
+    execution_state: str
+
+
+def _execute(conn: sa.Connection, sql: str, params: dict[str, Any]) -> sa.CursorResult[Any]:
+    # exec_driver_sql: no SQL compiled per call, and engine events (statement meters) see it
+    return conn.exec_driver_sql(sql, params)
+
+
+def claim_queued(
+    conn: sa.Connection,
+    now: datetime,
+    execution_id: str,
+    task_id: str,
+    result_ids: Sequence[str],
+    celery_id: str | None,
+    worker: str | None,
+    with_meta: bool,
+) -> Claimed | None:
+    """queued -> running while the execution runs: the attempt number and the results needed.
+
+    ``with_meta``: the execution's fixed fields too.
+    """
+    params = {
+        "now": now,
+        "e": execution_id,
+        "t": task_id,
+        "celery_id": celery_id,
+        "worker": worker,
+        "ids": _ids_param(result_ids),
+    }
+    row: Any = _execute(conn, CLAIMS[with_meta][_variant(result_ids)], params).first()
+    if row is None:
+        return None
+    meta = Meta(str(row[2]), int(row[3]), int(row[4]), dict(row[5])) if with_meta else None
+    return Claimed(int(row[0]), dict(row[1] or {}), meta)
+
+
+def end_task(
+    conn: sa.Connection,
+    now: datetime,
+    execution_id: str,
+    task_id: str,
+    to: str,
+    reason: str | None,
+    successors: Sequence[str],
+    result: Any,
+    error: str | None,
+) -> Ended | None:
+    """running -> ``to``, counted against each successor and the execution; None if not running."""
+    params = {
+        "now": now,
+        "e": execution_id,
+        "t": task_id,
+        "to": to,
+        "reason": reason,
+        "result": Jsonb(result),
+        "error": error,
+        "ids": _ids_param(successors),
+        "succeeded": 1 if to == "succeeded" else 0,
+        "failed": 0 if to == "succeeded" else 1,
+    }
+    row: Any = _execute(conn, END_TASK[_variant(successors)], params).first()
+    if row is None or not row[0]:
+        return None
+    counters = [Counters(**r) for r in row[1]]
+    return Ended(counters, int(row[2]), str(row[3]))
+
+
+def queue_pending(
+    conn: sa.Connection, now: datetime, execution_id: str, task_ids: Sequence[str], reason: str
+) -> list[str]:
+    """pending -> queued for each of ``task_ids``; the ids that moved."""
+    params = {"now": now, "e": execution_id, "ids": _ids_param(task_ids), "reason": reason}
+    return [str(r[0]) for r in _execute(conn, QUEUE_PENDING[_variant(task_ids)], params)]
