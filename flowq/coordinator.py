@@ -149,6 +149,9 @@ class Coordinator:
         self.definitions = Definitions(store)
         self._meta: OrderedDict[str, Meta] = OrderedDict()
         self._meta_lock = threading.Lock()
+        # (workflow id, version asked) -> (version, digest) last found: the start's guess,
+        # checked by the start statement itself
+        self._found: dict[tuple[str, int | None], tuple[int, str]] = {}
 
     # -- definitions ---------------------------------------------------------------------------
     def register(self, wf: Workflow, *, replace: bool = False) -> bool:
@@ -183,6 +186,10 @@ class Coordinator:
         if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 9):
             raise ValidationError(f"priority: must be an integer from 0 to 9, got {priority!r}")
         values = dict(vars or {})
+        quick = self._start_quick(workflow_id, values, version, priority, idempotency_key)
+        if quick is not None:
+            self.dispatcher.send(quick[1])
+            return quick[0]
 
         def body(tx: Tx) -> tuple[Started, list[Dispatch]]:
             if idempotency_key is not None:
@@ -190,6 +197,7 @@ class Coordinator:
                 if found is not None:
                     return Started(found, False), []
             ver, digest = tx.definition_digest(workflow_id, version)
+            self._found[workflow_id, version] = (ver, digest)
             wf = self.definitions.get(digest, tx)
             filled = wf.apply_defaults(values)
             wf.validate_vars(filled)
@@ -206,6 +214,56 @@ class Coordinator:
             return Started(found, False)
         self.dispatcher.send(dispatches)
         return started
+
+    def _start_quick(
+        self,
+        workflow_id: str,
+        values: dict[str, Any],
+        version: int | None,
+        priority: int | None,
+        idempotency_key: str | None,
+    ) -> tuple[Started, list[Dispatch]] | None:
+        """Postgres: start with one statement, from the definition this process found last.
+
+        None when that cannot be done (SQLite, no definition found yet, a root with `when`, a
+        newer definition, an idempotency key used before): the transactional start then runs.
+        """
+        found = self._found.get((workflow_id, version))
+        if self.store.is_sqlite or found is None:
+            return None
+        ver, digest = found
+        wf = self.definitions.get(digest)
+        roots = wf.roots()
+        if any(wf.task(r).when for r in roots):
+            return None
+        filled = wf.apply_defaults(values)
+        wf.validate_vars(filled)
+        eid = str(uuid.uuid4())
+        prio = DEFAULT_PRIORITY if priority is None else priority
+        execution = {
+            "id": eid,
+            "workflow_id": wf.id,
+            "version": ver,
+            "digest": digest,
+            "vars": filled,
+            "priority": prio,
+            "idempotency_key": idempotency_key,
+        }
+        history: list[tuple[str | None, str | None, str, str]] = [
+            (None, None, S.CREATED, "started"),
+            (None, S.CREATED, S.RUNNING, "dispatched"),
+            *((r, S.PENDING, S.QUEUED, "root task") for r in roots),
+        ]
+        deps = [(tid, len(wf.deps(tid))) for tid in wf.task_ids]
+        started = self.store.transact(
+            lambda tx: tx.start_execution(execution, deps, history, newest=version is None),
+            single=True,
+        )
+        if not started:
+            self._found.pop((workflow_id, version), None)
+            return None
+        self._remember(eid, Meta(digest, ver, prio, filled))
+        return Started(eid, True), [self._dispatch(wf, eid, ver, prio, r) for r in roots]
 
     def _create(
         self,
@@ -295,18 +353,13 @@ class Coordinator:
                 self._meta.popitem(last=False)
 
     def _dispatch_of(self, step: _Step, task_id: str) -> Dispatch:
-        task = step.wf.task(task_id)
-        prio = task.priority if task.priority is not None else step.priority
-        return Dispatch(
-            step.execution_id,
-            task_id,
-            step.wf.id,
-            step.version,
-            step.wf.digest(),
-            prio,
-            task.queue,
-            task.timeout,
-        )
+        return self._dispatch(step.wf, step.execution_id, step.version, step.priority, task_id)
+
+    @staticmethod
+    def _dispatch(wf: Workflow, eid: str, version: int, priority: int, task_id: str) -> Dispatch:
+        task = wf.task(task_id)
+        prio = task.priority if task.priority is not None else priority
+        return Dispatch(eid, task_id, wf.id, version, wf.digest(), prio, task.queue, task.timeout)
 
     def _act(self, step: _Step, task_id: str, decision: str, reason: str) -> None:
         """Carry out a trigger-rule decision for a pending task."""

@@ -131,6 +131,40 @@ SELECT task_id FROM q
 END_TASK = _by_ids(_END_TASK, "task_id")
 QUEUE_PENDING = _by_ids(_QUEUE_PENDING, "task_id")
 
+_START = """
+WITH d AS (
+    SELECT version, digest FROM flowq_definitions
+     WHERE workflow_id = %(w)s{version}
+     ORDER BY version DESC LIMIT 1
+), x AS (
+    INSERT INTO flowq_executions (id, workflow_id, version, digest, state, vars, priority,
+                                  idempotency_key, tasks_total, tasks_remaining,
+                                  created_at, updated_at)
+    SELECT %(e)s, %(w)s, d.version, d.digest, 'running', %(vars)s, %(priority)s, %(key)s,
+           %(n)s, %(n)s, %(now)s, %(now)s
+      FROM d WHERE d.digest = %(digest)s AND d.version = %(v)s
+    ON CONFLICT DO NOTHING
+ RETURNING id
+), t AS (
+    INSERT INTO flowq_task_runs (execution_id, task_id, position, state, attempts,
+                                 deps_total, deps_remaining, deps_succeeded, deps_failed,
+                                 deps_skipped, queued_at, updated_at)
+    SELECT x.id, u.task_id, u.n - 1, CASE WHEN u.deps = 0 THEN 'queued' ELSE 'pending' END,
+           0, u.deps, u.deps, 0, 0, 0, CASE WHEN u.deps = 0 THEN %(now)s END, %(now)s
+      FROM x, unnest(%(ids)s::text[], %(deps)s::int[]) WITH ORDINALITY AS u(task_id, deps, n)
+), h AS (
+    INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+    SELECT x.id, v.task_id, v.from_state, v.to_state, v.reason, %(now)s
+      FROM x, unnest(%(h_task)s::text[], %(h_from)s::text[], %(h_to)s::text[],
+                     %(h_reason)s::text[]) WITH ORDINALITY AS v(task_id, from_state, to_state,
+                                                               reason, n)
+     ORDER BY v.n
+)
+SELECT id FROM x
+"""
+# [a given version]: the newest version otherwise
+START = (_START.replace("{version}", ""), _START.replace("{version}", " AND version = %(v)s"))
+
 
 @dataclass(frozen=True)
 class Meta:
@@ -244,3 +278,37 @@ def queue_pending(
     """pending -> queued for each of ``task_ids``; the ids that moved."""
     params = {"now": now, "e": execution_id, "ids": _ids_param(task_ids), "reason": reason}
     return [str(r[0]) for r in _execute(conn, QUEUE_PENDING[_variant(task_ids)], params)]
+
+
+def start_execution(
+    conn: sa.Connection,
+    now: datetime,
+    execution: dict[str, Any],
+    task_deps: Sequence[tuple[str, int]],
+    history: Sequence[tuple[str | None, str | None, str, str]],
+    newest: bool,
+) -> bool:
+    """Insert a running execution, its tasks (roots queued) and their history in one statement.
+
+    Only while ``execution``'s digest and version are still those of its workflow (the newest
+    one when ``newest``); False (nothing written) otherwise, or if the id or idempotency key
+    exists already.
+    """
+    params = {
+        "now": now,
+        "e": execution["id"],
+        "w": execution["workflow_id"],
+        "v": execution["version"],
+        "digest": execution["digest"],
+        "vars": Jsonb(execution["vars"]),
+        "priority": execution["priority"],
+        "key": execution["idempotency_key"],
+        "n": len(task_deps),
+        "ids": [tid for tid, _ in task_deps],
+        "deps": [deps for _, deps in task_deps],
+        "h_task": [h[0] for h in history],
+        "h_from": [h[1] for h in history],
+        "h_to": [h[2] for h in history],
+        "h_reason": [h[3] for h in history],
+    }
+    return _execute(conn, START[0 if newest else 1], params).first() is not None

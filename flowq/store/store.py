@@ -440,6 +440,25 @@ class Tx:
         remaining, state = self.settle_count(execution_id, 1)
         return Ended(counters, remaining, str(state))
 
+    def start_execution(
+        self,
+        execution: dict[str, Any],
+        task_deps: Sequence[tuple[str, int]],
+        history: Sequence[tuple[str | None, str | None, str, str]],
+        *,
+        newest: bool,
+    ) -> bool:
+        """Postgres only: a new running execution with its tasks, roots queued, in one statement.
+
+        Written only while the execution's digest and version are still its workflow's (the
+        newest when ``newest``); False, with nothing written, otherwise or when the execution
+        or its idempotency key exists. ``history`` rows are (task, from, to, reason).
+        """
+        if not self.postgres:
+            raise NotImplementedError("start_execution is Postgres' single-statement start")
+        self.flush()
+        return hotpath.start_execution(self.conn, self.now, execution, task_deps, history, newest)
+
     def queue_pending(self, execution_id: str, task_ids: Sequence[str], reason: str) -> list[str]:
         """pending -> queued for each of ``task_ids``; the ids that moved, in the given order."""
         if self.postgres:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from flowq import Client, Workflow
+from flowq import Client, Settings, Workflow
 from flowq import states as S
 from tests.engine.conftest import Run, py
 from tests.history_check import assert_legal_history
@@ -167,6 +167,27 @@ def test_idempotent_start_returns_the_first_execution(client: Client) -> None:
     assert first == second != other
     assert client.wait(first, timeout=30)["state"] == "completed"
     assert len(client.list(workflow_id="idem")) == 2
+
+
+def test_starts_follow_definitions_registered_by_another_process(client: Client) -> None:
+    """A start runs the newest version, also one registered elsewhere since the last start."""
+    client.register(Workflow.from_dict({"id": "vers", "tasks": [py("a")]}))
+    first = client.start("vers")
+    again = client.start("vers")  # this process knows the definition now
+    with Client(Settings(database_url=client.store.url)) as other:
+        other.register(Workflow.from_dict({"id": "vers", "version": 2, "tasks": [py("b")]}))
+    newer = client.start("vers")
+    pinned = client.start("vers", version=1)
+    docs = {eid: client.wait(eid, timeout=30) for eid in (first, again, newer, pinned)}
+    assert [sorted(docs[e]["tasks"]) for e in (first, again, newer, pinned)] == [
+        ["a"],
+        ["a"],
+        ["b"],
+        ["a"],
+    ]
+    assert all(d["state"] == "completed" for d in docs.values())
+    for eid in docs:
+        assert_legal_history(client.history(eid))
 
 
 def test_list_is_newest_first_and_filters(run: Run, client: Client) -> None:
