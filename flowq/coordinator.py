@@ -341,7 +341,7 @@ class Coordinator:
     def _read_meta(self, tx: Tx, execution_id: str) -> tuple[Meta, str]:
         """Read the execution's fixed fields (and remember them) and its current state."""
         row = tx.execution(execution_id)
-        meta = Meta(str(row.digest), int(row.version), int(row.priority), dict(row.vars))
+        meta = Meta.of(row)
         self._remember(execution_id, meta)
         return meta, str(row.state)
 
@@ -400,16 +400,7 @@ class Coordinator:
             step.settled_count += 1
             for succ in step.wf.successors(task_id):
                 row = step.tx.count_upstream_end(step.execution_id, succ, state)
-                if row is None or row.state != S.PENDING:
-                    continue
-                decision = rules.decide(
-                    step.wf.task(succ).trigger_rule,
-                    row.deps_total,
-                    row.deps_remaining,
-                    row.deps_succeeded,
-                    row.deps_failed,
-                    row.deps_skipped,
-                )
+                decision = self._decide(step.wf, succ, row)
                 if decision != rules.WAIT:
                     self._act(step, succ, decision, f"{task_id} {state}")
 
@@ -632,22 +623,26 @@ class Coordinator:
         self._send(dispatches)
         return ok
 
+    @staticmethod
+    def _decide(wf: Workflow, task_id: str, row: Any) -> str:
+        """The trigger rule's decision for a task from its counters; wait unless it is pending."""
+        if row is None or row.state != S.PENDING:
+            return rules.WAIT
+        return rules.decide(
+            wf.task(task_id).trigger_rule,
+            row.deps_total,
+            row.deps_remaining,
+            row.deps_succeeded,
+            row.deps_failed,
+            row.deps_skipped,
+        )
+
     def _advance(self, step: _Step, because: str, order: Sequence[str], ended: Ended) -> None:
         """Act on the successors a task's end decided, then settle whatever that cascaded."""
         ready: list[str] = []
         counters = {c.task_id: c for c in ended.successors}
         for succ in order:
-            row = counters.get(succ)
-            if row is None or row.state != S.PENDING:
-                continue
-            decision = rules.decide(
-                step.wf.task(succ).trigger_rule,
-                row.deps_total,
-                row.deps_remaining,
-                row.deps_succeeded,
-                row.deps_failed,
-                row.deps_skipped,
-            )
+            decision = self._decide(step.wf, succ, counters.get(succ))
             if decision == rules.RUN and not step.wf.task(succ).when:
                 ready.append(succ)  # queued together below
             elif decision != rules.WAIT:

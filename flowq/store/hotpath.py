@@ -2,9 +2,9 @@
 
 Each one is a single statement that does what the generic ``Tx`` methods do in several: the
 compare-and-set, the history row (a data-modifying CTE) and the reads that follow, so a claim is
-one round trip and a task's end one or two. The statements run on the DBAPI connection of the
-transaction's SQLAlchemy connection, as plain text that psycopg prepares once per connection:
-no SQL is built or compiled per task. SQLite (embedded) uses the generic methods; the store
+one round trip and a task's end one or two. The statements are fixed text sent with
+``exec_driver_sql`` (psycopg prepares them once per connection): no SQL is built or compiled
+per task. SQLite (embedded) uses the generic methods; the store
 contract tests run both and check they agree.
 
 Every row is found by its primary key. State conditions are written ``(state || '') = ...`` so
@@ -175,6 +175,11 @@ class Meta:
     priority: int
     vars: dict[str, Any]
 
+    @classmethod
+    def of(cls, row: Any) -> Meta:
+        """The fixed fields of an execution row (or of a row with the same columns)."""
+        return cls(str(row.digest), int(row.version), int(row.priority), dict(row.vars))
+
 
 @dataclass(frozen=True)
 class Claimed:
@@ -196,6 +201,19 @@ class Counters:
     deps_succeeded: int
     deps_failed: int
     deps_skipped: int
+
+    @classmethod
+    def of(cls, task_id: str, row: Any) -> Counters:
+        """The counters of a task row (or of a row with the same columns)."""
+        return cls(
+            task_id,
+            row.state,
+            row.deps_total,
+            row.deps_remaining,
+            row.deps_succeeded,
+            row.deps_failed,
+            row.deps_skipped,
+        )
 
 
 @dataclass(frozen=True)
@@ -237,8 +255,8 @@ def claim_queued(
     row: Any = _execute(conn, CLAIMS[with_meta][_variant(result_ids)], params).first()
     if row is None:
         return None
-    meta = Meta(str(row[2]), int(row[3]), int(row[4]), dict(row[5])) if with_meta else None
-    return Claimed(int(row[0]), dict(row[1] or {}), meta)
+    meta = Meta.of(row) if with_meta else None
+    return Claimed(int(row.attempts), dict(row.results or {}), meta)
 
 
 def end_task(

@@ -392,9 +392,7 @@ class Tx:
         results = self.results(execution_id, ids)
         if not with_meta:
             return Claimed(attempt, results)
-        row = self.execution(execution_id)
-        meta = Meta(str(row.digest), int(row.version), int(row.priority), dict(row.vars))
-        return Claimed(attempt, results, meta)
+        return Claimed(attempt, results, Meta.of(self.execution(execution_id)))
 
     def end_task(
         self,
@@ -426,17 +424,7 @@ class Tx:
         for succ in successors:
             row = self.count_upstream_end(execution_id, succ, to)
             if row is not None:
-                counters.append(
-                    Counters(
-                        succ,
-                        row.state,
-                        row.deps_total,
-                        row.deps_remaining,
-                        row.deps_succeeded,
-                        row.deps_failed,
-                        row.deps_skipped,
-                    )
-                )
+                counters.append(Counters.of(succ, row))
         remaining, state = self.settle_count(execution_id, 1)
         return Ended(counters, remaining, str(state))
 
