@@ -21,7 +21,7 @@ from bench import shapes
 from bench.env import PG_ADMIN_URL
 from flowq import Workflow
 from flowq.coordinator import Coordinator, Dispatch
-from flowq.store import Store
+from flowq.store import Store, hotpath
 
 
 class ListDispatcher:
@@ -43,34 +43,45 @@ class Meter:
     def __init__(self, engine: sa.Engine) -> None:
         self.statements = 0
         self.commits = 0
-        self.calls: dict[str, list[tuple[float, int, int]]] = {}
+        self.calls: dict[str, list[tuple[float, int, int, float]]] = {}
         sa.event.listen(engine, "before_cursor_execute", self._statement)
         sa.event.listen(engine, "commit", self._commit)
+        hotpath.observers.append(self._hot_statement)  # sent beneath SQLAlchemy
+
+    def close(self) -> None:
+        hotpath.observers.remove(self._hot_statement)
 
     def _statement(self, conn: sa.Connection, *_: Any) -> None:
+        self._hot_statement("", conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT")
+
+    def _hot_statement(self, _sql: str, autocommit: bool) -> None:
         self.statements += 1
-        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+        if autocommit:
             self.commits += 1  # a statement in autocommit mode is a transaction of its own
 
     def _commit(self, *_: Any) -> None:
         self.commits += 1
 
     def time(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
-        s, c, t = self.statements, self.commits, time.perf_counter()
+        s, c, t, cpu = self.statements, self.commits, time.perf_counter(), time.process_time()
         out = fn(*args)
-        took = time.perf_counter() - t
-        self.calls.setdefault(name, []).append((took, self.statements - s, self.commits - c))
+        took, cpu = time.perf_counter() - t, time.process_time() - cpu
+        self.calls.setdefault(name, []).append((took, self.statements - s, self.commits - c, cpu))
         return out
 
     def lines(self) -> list[str]:
-        rows = ["| call | n | statements per call | commits per call | ms per call (median) |"]
-        rows.append("|---|--:|--:|--:|--:|")
+        rows = [
+            "| call | n | statements per call | commits per call | ms per call (median) "
+            "| our CPU ms per call (mean) |"
+        ]
+        rows.append("|---|--:|--:|--:|--:|--:|")
         for name, calls in self.calls.items():
             n = len(calls)
             stm = sum(c[1] for c in calls) / n
             com = sum(c[2] for c in calls) / n
             ms = 1000 * statistics.median(c[0] for c in calls)
-            rows.append(f"| {name} | {n} | {stm:.2f} | {com:.2f} | {ms:.2f} |")
+            cpu = 1000 * sum(c[3] for c in calls) / n
+            rows.append(f"| {name} | {n} | {stm:.2f} | {com:.2f} | {ms:.2f} | {cpu:.2f} |")
         return rows
 
 
@@ -100,9 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         for definition in (shapes.chain_def(args.tasks), shapes.fan_in_def(args.tasks)):
             wf = Workflow.from_dict(definition)
             coordinator.register(wf)
-            drive(coordinator, dispatcher.sent, Meter(store.engine), wf.id)  # warm caches
+            warm = Meter(store.engine)
+            drive(coordinator, dispatcher.sent, warm, wf.id)  # warm caches
+            warm.close()
             meter = Meter(store.engine)
             drive(coordinator, dispatcher.sent, meter, wf.id)
+            meter.close()
             print(f"\n{wf.id} ({len(wf.task_ids)} tasks)\n")
             print("\n".join(meter.lines()))
         store.dispose()

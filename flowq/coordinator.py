@@ -25,7 +25,7 @@ from flowq import graph, rules
 from flowq import states as S
 from flowq.definition import Task, Workflow
 from flowq.errors import FlowqError, InvalidTransition, NotFound, ValidationError
-from flowq.store import Store, Tx
+from flowq.store import Store, Tx, utcnow
 from flowq.store import tables as t
 from flowq.store.hotpath import Ended, Meta
 from flowq.templates import evaluate
@@ -88,6 +88,7 @@ class Definitions:
         self._by_digest: dict[str, Workflow] = {}
         self._ancestors: dict[tuple[str, str], frozenset[str]] = {}
         self._deps: dict[str, dict[str, tuple[str, ...]]] = {}
+        self._plain: dict[tuple[str, str], bool] = {}
 
     def add(self, wf: Workflow) -> None:
         """Remember a definition this process already holds."""
@@ -115,6 +116,17 @@ class Definitions:
                 deps = self._deps[key[0]] = {t: wf.deps(t) for t in wf.task_ids}
             found = self._ancestors[key] = frozenset(graph.ancestors(deps, task_id))
         return found
+
+    def plain_successors(self, wf: Workflow, task_id: str) -> bool:
+        """True when every successor runs under ``all_success`` without ``when``: a success
+        then decides them in SQL (``Tx.succeed_fast``)."""
+        key = (wf.digest(), task_id)
+        plain = self._plain.get(key)
+        if plain is None:
+            tasks = (wf.task(s) for s in wf.successors(task_id))
+            plain = all(t.trigger_rule == "all_success" and not t.when for t in tasks)
+            self._plain[key] = plain
+        return plain
 
     def results_for(self, wf: Workflow, task_id: str) -> frozenset[str]:
         """Ids whose results the task needs: its direct upstream plus what its templates name."""
@@ -487,7 +499,8 @@ class Coordinator:
             vars_copy = copy.deepcopy(meta.vars)
             return Claim(wf, wf.task(task_id), vars_copy, results, got.attempt, execution_id)
 
-        claim = self.store.transact(queued, single=True)
+        began = utcnow()  # when the attempt started, whatever connecting costs below
+        claim = self.store.transact(queued, single=True, now=began)
         if claim is not None:
             return claim
 
@@ -510,7 +523,7 @@ class Coordinator:
             vars_copy = copy.deepcopy(step.vars)
             return Claim(step.wf, task, vars_copy, results, attempt, execution_id), []
 
-        claim, dispatches = self.store.transact(body)
+        claim, dispatches = self.store.transact(body, now=began)
         self._send(dispatches)
         return claim
 
@@ -594,7 +607,41 @@ class Coordinator:
         """Record a task that failed for good; False if it was not running."""
         return self._ended(execution_id, task_id, S.FAILED, {"error": error})
 
+    def _succeed_fast(self, execution_id: str, task_id: str, result: Any) -> bool:
+        """Postgres: a success as one autocommit statement, when nothing in it needs Python.
+
+        False, with nothing written, sends the caller down the transactional end: the
+        execution's fields are not in memory, a successor has another rule or a ``when``, the
+        task is not running, or the statement handed the case back (a successor to skip, the
+        execution's last task).
+        """
+        meta = self._meta.get(execution_id)
+        if meta is None or self.store.is_sqlite:
+            return False
+        wf = self.definitions.get(meta.digest)
+        if not self.definitions.plain_successors(wf, task_id):
+            return False
+        successors = wf.successors(task_id)
+        done = self.store.transact(
+            lambda tx: tx.succeed_fast(execution_id, task_id, successors, result), single=True
+        )
+        if done is None:
+            return False
+        if done.queued and done.execution_state == S.RUNNING:
+            queued = set(done.queued)
+            self._send(
+                [
+                    self._dispatch(wf, execution_id, meta.version, meta.priority, succ)
+                    for succ in successors
+                    if succ in queued
+                ]
+            )
+        return True
+
     def _ended(self, execution_id: str, task_id: str, to: str, values: dict[str, Any]) -> bool:
+        if to == S.SUCCEEDED and self._succeed_fast(execution_id, task_id, values["result"]):
+            return True
+
         def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
             step = self._step(tx, execution_id, fresh=False)
             reason = values.get("error") if to == S.FAILED else None

@@ -198,7 +198,7 @@ class Runtime:
     def reset_after_fork(self) -> None:
         """Forget connections inherited from the parent process."""
         if self._coordinator is not None:
-            self._coordinator.store.engine.dispose(close=False)
+            self._coordinator.store.forget_connections()
         self._coordinator = None
 
 

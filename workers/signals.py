@@ -102,7 +102,7 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
     def on_process_init(**_: Any) -> None:
         runtime.reset_after_fork()
         for m in maintenance:  # a pool child must not touch the parent's connections
-            m.coordinator.store.engine.dispose(close=False)
+            m.coordinator.store.forget_connections()
 
     def on_ready(sender: Any, **_: Any) -> None:
         if getattr(sender, "app", None) is not app or runtime.settings.embedded:

@@ -2,10 +2,15 @@
 
 Each one is a single statement that does what the generic ``Tx`` methods do in several: the
 compare-and-set, the history row (a data-modifying CTE) and the reads that follow, so a claim is
-one round trip and a task's end one or two. The statements are fixed text sent with
-``exec_driver_sql`` (psycopg prepares them once per connection): no SQL is built or compiled
-per task. SQLite (embedded) uses the generic methods; the store
-contract tests run both and check they agree.
+one round trip and a task's end one or two. The statements are fixed text sent straight to the
+psycopg connection under SQLAlchemy's (psycopg prepares them once per connection): no SQL is
+built, compiled or wrapped in SQLAlchemy result objects per task. SQLite (embedded) uses the
+generic methods; the store contract tests run both and check they agree.
+
+``END_FAST`` is a task's whole success in one autocommit statement, successors queued by the
+``all_success`` rule included. When what it changed needs a decision that only the coordinator
+makes (a successor to skip, the execution's end), it calls ``flowq_general_path()`` (migration
+0003), whose error undoes the statement: the caller then runs the transactional end.
 
 Every row is found by its primary key. State conditions are written ``(state || '') = ...`` so
 that the planner cannot use the ``state`` indexes (made for the reconciler's scans) instead: on
@@ -14,12 +19,13 @@ a young table without statistics it otherwise does, and a claim scans every queu
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
+import psycopg
+from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 
 _CLAIM = """
@@ -131,6 +137,66 @@ SELECT task_id FROM q
 END_TASK = _by_ids(_END_TASK, "task_id")
 QUEUE_PENDING = _by_ids(_QUEUE_PENDING, "task_id")
 
+# A successor the success makes ready under ``all_success`` (its values before the update): the
+# last upstream task, and none failed or was skipped
+_READY = "(state || '') = 'pending' AND deps_remaining = 1 AND deps_failed = 0 AND deps_skipped = 0"
+_END_FAST = """
+WITH c AS (
+    UPDATE flowq_task_runs
+       SET state = 'succeeded', error = NULL, result = %(result)s,
+           finished_at = %(now)s, updated_at = %(now)s
+     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'running'
+ RETURNING 1 AS one
+), s AS (
+    UPDATE flowq_task_runs
+       SET deps_remaining = deps_remaining - 1,
+           deps_succeeded = deps_succeeded + 1,
+           state = CASE WHEN {ready} THEN 'queued' ELSE state END,
+           queued_at = CASE WHEN {ready} THEN %(now)s ELSE queued_at END,
+           updated_at = CASE WHEN {ready} THEN %(now)s ELSE updated_at END
+     WHERE execution_id = %(e)s AND {ids} AND EXISTS (SELECT 1 FROM c)
+ RETURNING task_id, state, deps_remaining, queued_at
+), q AS (
+    SELECT task_id FROM s
+     WHERE s.state = 'queued' AND s.deps_remaining = 0 AND s.queued_at = %(now)s
+), x AS (  -- the last task of a running execution where every other task succeeded or was
+            -- skipped completes it (the check runs only then; a stale snapshot hands back)
+    UPDATE flowq_executions
+       SET tasks_remaining = tasks_remaining - 1, updated_at = %(now)s,
+           state = CASE WHEN tasks_remaining = 1 AND (state || '') = 'running' THEN
+                       CASE WHEN NOT EXISTS (
+                                SELECT 1 FROM flowq_task_runs r
+                                 WHERE r.execution_id = %(e)s AND r.task_id <> %(t)s
+                                   AND (r.state || '') NOT IN ('succeeded', 'skipped'))
+                            THEN 'completed' ELSE state END
+                   ELSE state END
+     WHERE id = %(e)s AND EXISTS (SELECT 1 FROM c)
+ RETURNING tasks_remaining, state
+), h AS (  -- one insert: the task's row, its successors', then the execution's, in id order
+    INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+    SELECT %(e)s, v.task_id, v.from_state, v.to_state, v.reason, %(now)s
+      FROM (SELECT 0 AS n, %(t)s::text AS task_id, 'running' AS from_state,
+                   'succeeded' AS to_state, NULL::text AS reason FROM c
+            UNION ALL
+            SELECT 1, q.task_id, 'pending', 'queued', %(reason)s FROM q
+            UNION ALL
+            SELECT 2, NULL, 'running', 'completed', %(completed)s FROM x
+             WHERE x.tasks_remaining = 0 AND x.state = 'completed') v
+     ORDER BY v.n, v.task_id
+)
+SELECT (SELECT count(*) FROM c) AS ended,
+       (SELECT coalesce(array_agg(task_id), '{}') FROM q) AS queued,
+       (SELECT state FROM x) AS state,
+       CASE WHEN (SELECT tasks_remaining FROM x) = 0 AND (SELECT state FROM x) <> 'completed'
+                 THEN flowq_general_path('the execution has no task left')
+            WHEN EXISTS (SELECT 1 FROM s WHERE (s.state || '') = 'pending' AND s.deps_remaining = 0)
+                 THEN flowq_general_path('a successor is decided otherwise than run')
+       END AS handed_back
+"""
+END_FAST = _by_ids(_END_FAST.replace("{ready}", _READY), "task_id")
+GENERAL_PATH = "FQ001"  # the SQLSTATE flowq_general_path() raises
+COMPLETED_REASON = "every task succeeded or was skipped"  # as Coordinator._finish says it
+
 _START = """
 WITH d AS (
     SELECT version, digest FROM flowq_definitions
@@ -217,6 +283,14 @@ class Counters:
 
 
 @dataclass(frozen=True)
+class Succeeded:
+    """A success recorded in one statement: the successors it queued, the execution's state."""
+
+    queued: list[str]
+    execution_state: str
+
+
+@dataclass(frozen=True)
 class Ended:
     """What a task's end changed: its successors' counters and the execution's remaining tasks."""
 
@@ -225,13 +299,27 @@ class Ended:
     execution_state: str
 
 
-def _execute(conn: sa.Connection, sql: str, params: dict[str, Any]) -> sa.CursorResult[Any]:
-    # exec_driver_sql: no SQL compiled per call, and engine events (statement meters) see it
-    return conn.exec_driver_sql(sql, params)
+# Called with each statement's text, and whether it commits by itself (autocommit), before it
+# is sent: bench.store_cost counts round trips and commits with it.
+observers: list[Callable[[str, bool], None]] = []
+
+
+Raw = psycopg.Connection[Any]
+
+
+def _execute(conn: Raw, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:
+    """Send one statement on a psycopg connection; rows come back as named tuples.
+
+    It runs inside whatever is open on that connection: the transaction SQLAlchemy began, or
+    none in autocommit mode.
+    """
+    for observe in observers:
+        observe(sql, conn.autocommit)
+    return conn.cursor(row_factory=namedtuple_row).execute(sql, params)
 
 
 def claim_queued(
-    conn: sa.Connection,
+    conn: Raw,
     now: datetime,
     execution_id: str,
     task_id: str,
@@ -252,7 +340,7 @@ def claim_queued(
         "worker": worker,
         "ids": _ids_param(result_ids),
     }
-    row: Any = _execute(conn, CLAIMS[with_meta][_variant(result_ids)], params).first()
+    row: Any = _execute(conn, CLAIMS[with_meta][_variant(result_ids)], params).fetchone()
     if row is None:
         return None
     meta = Meta.of(row) if with_meta else None
@@ -260,7 +348,7 @@ def claim_queued(
 
 
 def end_task(
-    conn: sa.Connection,
+    conn: Raw,
     now: datetime,
     execution_id: str,
     task_id: str,
@@ -283,15 +371,49 @@ def end_task(
         "succeeded": 1 if to == "succeeded" else 0,
         "failed": 0 if to == "succeeded" else 1,
     }
-    row: Any = _execute(conn, END_TASK[_variant(successors)], params).first()
+    row: Any = _execute(conn, END_TASK[_variant(successors)], params).fetchone()
     if row is None or not row[0]:
         return None
     counters = [Counters(**r) for r in row[1]]
     return Ended(counters, int(row[2]), str(row[3]))
 
 
+def succeed_fast(
+    conn: Raw,
+    now: datetime,
+    execution_id: str,
+    task_id: str,
+    successors: Sequence[str],
+    result: Any,
+) -> Succeeded | None:
+    """running -> succeeded with every successor under ``all_success`` and without ``when``.
+
+    Returns None, with nothing written, when the task is not running or when the coordinator
+    must decide something (``flowq_general_path``): then the transactional end is the way.
+    Meant for an autocommit connection: the statement is the whole transaction.
+    """
+    params = {
+        "now": now,
+        "e": execution_id,
+        "t": task_id,
+        "result": Jsonb(result),
+        "ids": _ids_param(successors),
+        "reason": f"{task_id} succeeded",
+        "completed": COMPLETED_REASON,
+    }
+    try:
+        row: Any = _execute(conn, END_FAST[_variant(successors)], params).fetchone()
+    except psycopg.Error as exc:
+        if exc.sqlstate == GENERAL_PATH:
+            return None
+        raise
+    if row is None or not row.ended:
+        return None
+    return Succeeded([str(t) for t in row.queued], str(row.state))
+
+
 def queue_pending(
-    conn: sa.Connection, now: datetime, execution_id: str, task_ids: Sequence[str], reason: str
+    conn: Raw, now: datetime, execution_id: str, task_ids: Sequence[str], reason: str
 ) -> list[str]:
     """pending -> queued for each of ``task_ids``; the ids that moved."""
     params = {"now": now, "e": execution_id, "ids": _ids_param(task_ids), "reason": reason}
@@ -299,7 +421,7 @@ def queue_pending(
 
 
 def start_execution(
-    conn: sa.Connection,
+    conn: Raw,
     now: datetime,
     execution: dict[str, Any],
     task_deps: Sequence[tuple[str, int]],
@@ -329,4 +451,4 @@ def start_execution(
         "h_to": [h[2] for h in history],
         "h_reason": [h[3] for h in history],
     }
-    return _execute(conn, START[0 if newest else 1], params).first() is not None
+    return _execute(conn, START[0 if newest else 1], params).fetchone() is not None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
@@ -16,11 +19,12 @@ from flowq.errors import Conflict, NotFound
 from flowq.store import hotpath
 from flowq.store import tables as t
 from flowq.store.engine import create_engine, is_sqlite
-from flowq.store.hotpath import Claimed, Counters, Ended, Meta
+from flowq.store.hotpath import Claimed, Counters, Ended, Meta, Succeeded
 from flowq.store.migrate import upgrade
 
 log = logging.getLogger("flowq.store")
 T = TypeVar("T")
+HOT_IDLE = 5  # idle hot-path connections a Store keeps (one per thread that is using one)
 
 ROW_COLUMNS = (
     "state",
@@ -50,12 +54,47 @@ def iso(value: datetime | None) -> str | None:
 class Tx:
     """One database transaction: compare-and-set updates plus batched history rows."""
 
-    def __init__(self, conn: sa.Connection) -> None:
-        self.conn = conn
-        self.now = utcnow()
+    def __init__(
+        self,
+        conn: sa.Connection | None,
+        *,
+        raw: hotpath.Raw | None = None,
+        connect: Callable[[], sa.Connection] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """``conn``: the SQLAlchemy connection; or, for an autocommit call on Postgres, ``raw``
+        (the process's own psycopg connection for the hot path) and ``connect``, which opens
+        a SQLAlchemy connection only if something other than the hot path needs one. ``now``:
+        the call's time, taken before connecting (a new connection must not delay it)."""
+        self._conn = conn
+        self._connect = connect
+        self.now = now or utcnow()
         self._history: list[dict[str, Any]] = []
         # Postgres runs the per-task hot path as single statements (flowq.store.hotpath)
-        self.postgres = conn.dialect.name == "postgresql"
+        self.postgres = raw is not None or (conn is not None and conn.dialect.name == "postgresql")
+        if raw is None and self.postgres and conn is not None:
+            raw = conn.connection.driver_connection
+        self._raw = raw
+
+    @property
+    def conn(self) -> sa.Connection:
+        """The SQLAlchemy connection (opened on first use when the call began without one)."""
+        if self._conn is None:
+            assert self._connect is not None
+            self._conn = self._connect()
+        return self._conn
+
+    @property
+    def raw(self) -> hotpath.Raw:
+        """Postgres: the psycopg connection hot-path statements go to."""
+        assert self._raw is not None, "the hot path is Postgres only"
+        return self._raw
+
+    def close(self) -> None:
+        """Close a SQLAlchemy connection this call opened on demand."""
+        if self._connect is not None and self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
     # -- history --------------------------------------------------------------------------------
     def record(
@@ -383,7 +422,7 @@ class Tx:
         if self.postgres:
             self.flush()
             return hotpath.claim_queued(
-                self.conn, self.now, execution_id, task_id, ids, celery_id, worker, with_meta
+                self.raw, self.now, execution_id, task_id, ids, celery_id, worker, with_meta
             )
         values = {"started_at": self.now, "celery_id": celery_id, "worker": worker}
         attempt = self.claim(execution_id, task_id, "queued", **values)
@@ -413,7 +452,7 @@ class Tx:
         if self.postgres:
             self.flush()
             return hotpath.end_task(
-                self.conn, self.now, execution_id, task_id, to, reason, successors, result, error
+                self.raw, self.now, execution_id, task_id, to, reason, successors, result, error
             )
         values: dict[str, Any] = {"error": error, "finished_at": self.now}
         if to == "succeeded":
@@ -427,6 +466,19 @@ class Tx:
                 counters.append(Counters.of(succ, row))
         remaining, state = self.settle_count(execution_id, 1)
         return Ended(counters, remaining, str(state))
+
+    def succeed_fast(
+        self, execution_id: str, task_id: str, successors: Sequence[str], result: Any
+    ) -> Succeeded | None:
+        """Postgres, autocommit only: a success in one statement (``hotpath.succeed_fast``).
+
+        Every successor must be ``all_success`` without ``when``. None, with nothing written,
+        when the task is not running or the coordinator must decide something: then run the
+        transactional end (``end_task`` and what follows).
+        """
+        if not self.postgres or not self.raw.autocommit:
+            raise NotImplementedError("succeed_fast is Postgres' single-statement success")
+        return hotpath.succeed_fast(self.raw, self.now, execution_id, task_id, successors, result)
 
     def start_execution(
         self,
@@ -445,13 +497,13 @@ class Tx:
         if not self.postgres:
             raise NotImplementedError("start_execution is Postgres' single-statement start")
         self.flush()
-        return hotpath.start_execution(self.conn, self.now, execution, task_deps, history, newest)
+        return hotpath.start_execution(self.raw, self.now, execution, task_deps, history, newest)
 
     def queue_pending(self, execution_id: str, task_ids: Sequence[str], reason: str) -> list[str]:
         """pending -> queued for each of ``task_ids``; the ids that moved, in the given order."""
         if self.postgres:
             self.flush()
-            moved = set(hotpath.queue_pending(self.conn, self.now, execution_id, task_ids, reason))
+            moved = set(hotpath.queue_pending(self.raw, self.now, execution_id, task_ids, reason))
             return [tid for tid in task_ids if tid in moved]
         return [
             tid
@@ -512,6 +564,17 @@ class Tx:
         )
 
 
+def _run(fn: Callable[[Tx], T], tx: Tx) -> T:
+    try:
+        return fn(tx)
+    except (psycopg.OperationalError, psycopg.InterfaceError):
+        # a hot-path statement's error on the raw connection: SQLAlchemy did not see it, so a
+        # broken connection is taken out of the pool here (Store.transact then retries)
+        if tx.postgres and tx.raw.broken and not tx.conn.invalidated:
+            tx.conn.invalidate()
+        raise
+
+
 class Store:
     """Durable state of workflows: one engine, transactions retried on transient errors."""
 
@@ -519,6 +582,13 @@ class Store:
         self.url = url
         self.engine = create_engine(url)
         self.retry_seconds = retry_seconds
+        # Postgres: autocommit psycopg connections for single-statement calls (the per-task
+        # hot path), kept idle here (at most HOT_IDLE) between calls: no SQLAlchemy pool
+        # checkout or per-call plumbing
+        self._hot: list[hotpath.Raw] = []
+        self._hot_lock = threading.Lock()
+        self._hot_pid = os.getpid()
+        self._inherited: list[hotpath.Raw] = []  # a parent process's, kept open, never used
 
     @property
     def is_sqlite(self) -> bool:
@@ -532,35 +602,78 @@ class Store:
     def dispose(self) -> None:
         """Drop pooled connections (after fork, or when done)."""
         self.engine.dispose()
+        self._drop_hot()
 
-    def transact(self, fn: Callable[[Tx], T], *, readonly: bool = False, single: bool = False) -> T:
+    def forget_connections(self) -> None:
+        """In a forked child: leave the parent's connections alone and open new ones."""
+        self.engine.dispose(close=False)
+        with self._hot_lock:
+            self._inherited += self._hot  # closing them would end the parent's sessions
+            self._hot = []
+            self._hot_pid = os.getpid()
+
+    def _hot_checkout(self) -> hotpath.Raw:
+        if self._hot_pid != os.getpid():
+            self.forget_connections()  # forked without calling it: the same thing
+        with self._hot_lock:
+            conn = self._hot.pop() if self._hot else None
+        if conn is None or conn.closed:
+            url = self.engine.url.set(drivername="postgresql")
+            conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        return conn
+
+    def _hot_checkin(self, conn: hotpath.Raw) -> None:
+        if not (conn.closed or conn.broken) and self._hot_pid == os.getpid():
+            with self._hot_lock:
+                if len(self._hot) < HOT_IDLE:
+                    self._hot.append(conn)
+                    return
+        conn.close()
+
+    def _drop_hot(self) -> None:
+        with self._hot_lock:
+            idle, self._hot = self._hot, []
+        if self._hot_pid == os.getpid():
+            for conn in idle:
+                conn.close()
+
+    def transact(
+        self,
+        fn: Callable[[Tx], T],
+        *,
+        readonly: bool = False,
+        single: bool = False,
+        now: datetime | None = None,
+    ) -> T:
         """Run ``fn`` in one transaction; retry it whole on lost connections and deadlocks.
 
         ``single``: ``fn`` writes with one statement at most (reads before it are fine), so on
         Postgres it runs in autocommit mode, which saves the BEGIN and COMMIT round trips: the
         statement is its own transaction. SQLite still wraps ``fn`` in a transaction.
+
+        ``now``: the time the transitions are recorded at (default: when each try begins).
         """
         deadline = time.monotonic() + self.retry_seconds
         delay = 0.05
         while True:
             try:
+                at = now or utcnow()
+                if single and not self.is_sqlite:
+                    return self._single(fn, at)
                 conn = self.engine.connect()
                 if readonly:
                     conn = conn.execution_options(flowq_readonly=True)
-                if single and not self.is_sqlite:
-                    conn = conn.execution_options(isolation_level="AUTOCOMMIT")
-                    with conn:
-                        tx = Tx(conn)
-                        out = fn(tx)
-                        if tx.has_pending_history:
-                            raise RuntimeError("a single-statement call left history unwritten")
-                    return out
                 with conn, conn.begin():
-                    tx = Tx(conn)
-                    out = fn(tx)
+                    tx = Tx(conn, now=at)
+                    out = _run(fn, tx)
                     tx.flush()
                 return out
-            except (sa_exc.OperationalError, sa_exc.InterfaceError) as exc:
+            except (
+                sa_exc.OperationalError,
+                sa_exc.InterfaceError,
+                psycopg.OperationalError,  # from a hot-path statement sent on the raw connection
+                psycopg.InterfaceError,
+            ) as exc:
                 if time.monotonic() + delay > deadline:
                     raise
                 log.warning(
@@ -570,6 +683,23 @@ class Store:
                 )
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)
+
+    def _single(self, fn: Callable[[Tx], T], now: datetime) -> T:
+        """Postgres autocommit: hot-path statements on the thread's own connection; anything
+        else on a pooled SQLAlchemy connection, opened only if ``fn`` asks for one."""
+
+        def connect() -> sa.Connection:
+            return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
+        tx = Tx(None, raw=self._hot_checkout(), connect=connect, now=now)
+        try:
+            out = fn(tx)
+            if tx.has_pending_history:
+                raise RuntimeError("a single-statement call left history unwritten")
+            return out
+        finally:
+            tx.close()
+            self._hot_checkin(tx.raw)  # a broken one is closed, not kept
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run a read-only ``fn``."""

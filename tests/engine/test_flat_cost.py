@@ -12,6 +12,7 @@ from celery import signals
 from sqlalchemy import event
 
 from flowq import Client, Workflow
+from flowq.store import hotpath
 from tests.engine.conftest import py
 
 
@@ -53,11 +54,13 @@ class Meter:
         engine = self.client.store.engine
         signals.before_task_publish.connect(self._published, weak=False)
         event.listen(engine, "before_cursor_execute", self._executed)
+        hotpath.observers.append(self._executed)  # statements sent beneath SQLAlchemy
         try:
             state = self.client.wait(self.client.start(wf.id, {}), timeout=300)["state"]
         finally:
             signals.before_task_publish.disconnect(self._published)
             event.remove(engine, "before_cursor_execute", self._executed)
+            hotpath.observers.remove(self._executed)
         assert state == "completed"
         return {"max_message": max(self.sizes), "per_task": self.statements / len(wf.task_ids)}
 
