@@ -24,7 +24,7 @@ from typing import Annotated, Any, ClassVar, Final, Literal
 
 import yaml
 from jsonschema import Draft202012Validator
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
 from pydantic import ValidationError as PydanticError
 from pydantic_core import ErrorDetails, PydanticCustomError
 
@@ -233,17 +233,15 @@ _KEYS: Final[dict[type[TaskBase], tuple[str, ...]]] = {
 }
 
 
-class _Defaults(_Strict):
-    """The keys ``defaults:`` may set, checked like a task's."""
-
-    retries: Count = 0
-    retry_backoff: Delay = 1.0
-    retry_backoff_max: MaxDelay = 60.0
-    retry_jitter: bool = True
-    timeout: Timeout | None = None
-    priority: Priority | None = None
-    queue: Queue = "flowq"
-    trigger_rule: TriggerRule = "all_success"
+# The keys ``defaults:`` may set, checked like a task's: TaskBase's own fields, not copies.
+_Defaults: Final[type[_Strict]] = create_model(
+    "_Defaults",
+    __base__=_Strict,
+    **{  # type: ignore[call-overload]
+        key: (TaskBase.model_fields[key].rebuild_annotation(), TaskBase.model_fields[key])
+        for key in DEFAULTABLE
+    },
+)
 
 
 # -- problems ---------------------------------------------------------------------------------

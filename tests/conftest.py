@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,3 +92,42 @@ def redis_url() -> Iterator[str]:
                 conn.flushdb()
             return
     pytest.fail("no free Redis database (11-15) for this test session: see key flowq-test:owner")
+
+
+@contextmanager
+def server_process(
+    name: str, argv: list[str], env: dict[str, str], log: Path, probe: str, timeout: float = 30
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``argv`` as its own process group; yield it once GET ``probe`` answers 200.
+
+    The process group is stopped (SIGTERM, then SIGKILL) when the block ends.
+    """
+    import httpx
+
+    proc = subprocess.Popen(
+        argv,
+        env=env,
+        cwd=ROOT,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert proc.poll() is None, f"{name} exited: {log.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"{name} did not answer: {log.read_text()}"
+            try:
+                if httpx.get(probe, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

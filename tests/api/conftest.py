@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +24,7 @@ from fastapi import FastAPI
 
 from flowq import Client, Settings
 from flowq.api import create_api
-from tests.conftest import ROOT
+from tests.conftest import ROOT, server_process
 
 
 @dataclass
@@ -78,33 +77,11 @@ class ApiProcess:
 def flowq_api_process(env: dict[str, str], log: Path) -> Iterator[ApiProcess]:
     """Run `flowq api` as its own process with ``env``; yield it once it answers."""
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "flowq.cli", "api", "--host", "127.0.0.1", "--port", str(port)],
-        env={**env, "PYTHONPATH": str(ROOT)},
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, f"flowq api exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"flowq api did not answer: {log.read_text()}"
-            try:
-                httpx.get(f"{url}/healthz", timeout=5)
-                break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    argv = [sys.executable, "-m", "flowq.cli", "api", "--host", "127.0.0.1", "--port", str(port)]
+    env = {**env, "PYTHONPATH": str(ROOT)}
+    with server_process("flowq api", argv, env, log, f"{url}/healthz") as proc:
         yield ApiProcess(url, proc.pid)
-    finally:
-        os.killpg(proc.pid, 15)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            proc.wait(5)
 
 
 def embedded_env(tmp_path: Path, **extra: str) -> dict[str, str]:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +12,7 @@ import pytest
 
 from flowq import Workflow
 from tests.api.conftest import free_port
-from tests.conftest import ROOT
+from tests.conftest import server_process
 from tests.engine.conftest import py
 from tests.integration.conftest import FLOWQ, Cluster
 
@@ -28,39 +25,17 @@ def flower(cluster: Cluster, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     log = tmp_path / "flower.log"
     worker_logs = {path: path.stat().st_size for path in cluster.logs.glob("*.log")}
-    proc = subprocess.Popen(
-        [*FLOWQ, "flower", "--port", str(port)],
-        # Flower 2 serves its HTTP API only with auth configured, or with this set.
-        env={**cluster.env, "FLOWER_UNAUTHENTICATED_API": "true"},
-        cwd=ROOT,
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, f"flower exited: {log.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"flower did not answer: {log.read_text()}"
-            try:
-                if httpx.get(f"{url}/healthcheck", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+    # Flower 2 serves its HTTP API only with auth configured, or with this set.
+    env = {**cluster.env, "FLOWER_UNAUTHENTICATED_API": "true"}
+    argv = [*FLOWQ, "flower", "--port", str(port)]
+    with server_process("flower", argv, env, log, f"{url}/healthcheck", timeout=60):
         # Workers start with task events off; Flower switches them on by a broadcast every 5 s.
+        deadline = time.monotonic() + 30
         while _events_enabled(worker_logs) < len(cluster.workers):
-            assert time.monotonic() < deadline + 30, "Flower did not enable task events"
+            assert time.monotonic() < deadline, "Flower did not enable task events"
             time.sleep(0.2)
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 def _events_enabled(logs: dict[Path, int]) -> int:
