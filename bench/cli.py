@@ -44,6 +44,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--results", type=Path, default=RESULTS, help="Markdown file to append to")
     p.add_argument("--no-record", action="store_true", help="print only; do not append")
     p.add_argument("--keep", action="store_true", help="keep the database and worker logs")
+    p.add_argument(
+        "--claim-hold",
+        type=float,
+        default=0.0,
+        help="flowq workers' FLOWQ_CLAIM_HOLD_SECONDS (default 0: every claim commits alone)",
+    )
     return p.parse_args(argv)
 
 
@@ -73,7 +79,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     began, load = time.monotonic(), os.getloadavg()[0]
     env = Env(
-        nodes=args.nodes, concurrency=args.concurrency, redis_url=args.redis_url, keep=args.keep
+        nodes=args.nodes,
+        concurrency=args.concurrency,
+        redis_url=args.redis_url,
+        keep=args.keep,
+        worker_env={"FLOWQ_CLAIM_HOLD_SECONDS": str(args.claim_hold)},
     )
     with env:
         os.environ[marks.ENV] = env.marks_url
@@ -96,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
                 seconds=time.monotonic() - began,
                 setup=(
                     f"{args.nodes} worker process(es) x prefork {args.concurrency} per side, "
-                    f"broker {broker}, Postgres database `{env.db_name}`"
+                    f"broker {broker}, Postgres database `{env.db_name}`, flowq claim hold "
+                    f"{args.claim_hold:g} s"
                 ),
                 versions=report.versions(redis.Redis.from_url(env.broker_server), env.admin),
                 floor=floor,

@@ -25,7 +25,8 @@ class Client:
 
     def __init__(self, settings: Settings | None = None, *, concurrency: int = 8) -> None:
         from flowq.embedded import EmbeddedWorker
-        from workers.app import CeleryDispatcher, create_app, runtime_of
+        from flowq.recovery import env_seconds
+        from workers.app import CLAIM_HOLD_SECONDS, CeleryDispatcher, create_app, runtime_of
 
         self.settings = settings or Settings.from_env()
         self.store = Store(self.settings.database_url)
@@ -34,7 +35,9 @@ class Client:
         self.app = create_app(self.settings)
         # Embedded: one private in-memory queue per client, consumed by its own worker thread.
         queue = f"flowq-embedded-{uuid.uuid4().hex[:8]}" if self.settings.embedded else None
-        self.coordinator = Coordinator(self.store, CeleryDispatcher(self.app, queue))
+        # the embedded worker claims through this coordinator: it holds claims like a worker
+        hold = env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS) if queue else 0.0
+        self.coordinator = Coordinator(self.store, CeleryDispatcher(self.app, queue), hold=hold)
         self._worker: EmbeddedWorker | None = None
         if queue is not None:
             runtime_of(self.app).use(self.coordinator)
@@ -55,6 +58,7 @@ class Client:
         """Stop the embedded worker, if any, and release connections."""
         if self._worker is not None:
             self._worker.stop()
+        self.coordinator.close()
         self.store.dispose()
 
     def _ensure_worker(self) -> None:

@@ -9,15 +9,17 @@ dependency counters in the store: the transaction that counts the last upstream 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import threading
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
@@ -27,6 +29,7 @@ from flowq.definition import Task, Workflow
 from flowq.errors import FlowqError, InvalidTransition, NotFound, ValidationError
 from flowq.store import Store, Tx, utcnow
 from flowq.store import tables as t
+from flowq.store.held import HeldClaim, Holder
 from flowq.store.hotpath import Ended, Meta
 from flowq.templates import evaluate
 
@@ -70,6 +73,7 @@ class Claim:
     results: dict[str, Any]
     attempt: int
     execution_id: str
+    held: bool = False  # its commit waits for the task's end (``flowq.store.held``)
 
 
 @dataclass(frozen=True)
@@ -155,15 +159,24 @@ class _Step:
 class Coordinator:
     """Drives executions through their states; shared by the client, the CLI and the workers."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher) -> None:
+    def __init__(self, store: Store, dispatcher: Dispatcher, *, hold: float = 0.0) -> None:
+        """``hold``: seconds a worker's claim may stay uncommitted, to be committed with its
+        task's success (Postgres; ``flowq.store.held``); 0 commits every claim at once."""
         self.store = store
         self.dispatcher = dispatcher
         self.definitions = Definitions(store)
+        self.holder = Holder(store, hold) if hold > 0 and not store.is_sqlite else None
+        self._held: dict[tuple[str, str], HeldClaim] = {}
         self._meta: OrderedDict[str, Meta] = OrderedDict()
         self._meta_lock = threading.Lock()
         # (workflow id, version asked) -> (version, digest) last found: the start's guess,
         # checked by the start statement itself
         self._found: dict[tuple[str, int | None], tuple[int, str]] = {}
+
+    def close(self) -> None:
+        """Release the connections of held claims (the store's own are the store's)."""
+        if self.holder is not None:
+            self.holder.close()
 
     # -- definitions ---------------------------------------------------------------------------
     def register(self, wf: Workflow, *, replace: bool = False) -> bool:
@@ -457,11 +470,14 @@ class Coordinator:
         celery_id: str | None = None,
         worker: str | None = None,
         digest: str | None = None,
+        hold: bool = False,
     ) -> Claim | None:
         """Mark a task running if it may start now; None if it may not (paused, duplicate...).
 
         ``digest`` (from the task's message) names the definition, so that a worker seeing an
-        execution for the first time needs no read before its claim.
+        execution for the first time needs no read before its claim. ``hold``: the claim may
+        stay uncommitted until the task succeeds (see ``__init__``); the worker asks for it
+        except for a redelivered message, whose earlier run may have died with its claim.
 
         The same message seen again while its task is `running` means the process running it
         died (Celery redelivers it: acks_late + reject_on_worker_lost): that attempt is lost,
@@ -500,6 +516,16 @@ class Coordinator:
             return Claim(wf, wf.task(task_id), vars_copy, results, got.attempt, execution_id)
 
         began = utcnow()  # when the attempt started, whatever connecting costs below
+        if hold and self._may_hold(execution_id, task_id, digest):
+            assert self.holder is not None
+            try:
+                got = self.holder.claim(queued, began, celery_id, worker)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("could not hold the claim of %s/%s: %s", execution_id, task_id, exc)
+                got = None  # rolled back with its connection: claim the usual way below
+            if got is not None:
+                self._held[(execution_id, task_id)] = got[1]
+                return dataclasses.replace(got[0], held=True)
         claim = self.store.transact(queued, single=True, now=began)
         if claim is not None:
             return claim
@@ -526,6 +552,87 @@ class Coordinator:
         claim, dispatches = self.store.transact(body, now=began)
         self._send(dispatches)
         return claim
+
+    def _may_hold(self, execution_id: str, task_id: str, digest: str | None) -> bool:
+        """A claim is held only where its success can be the single statement that commits
+        it: successors under ``all_success`` without ``when``, and no timeout short enough
+        for a hard time limit to kill the attempt before the timer commits its claim."""
+        if self.holder is None:
+            return False
+        meta = self._meta.get(execution_id)
+        known = meta.digest if meta is not None else digest
+        if known is None:
+            return False
+        wf = self.definitions.get(known)
+        timeout = wf.task(task_id).timeout
+        if timeout is not None and timeout < 10 * self.holder.hold:
+            return False
+        return self.definitions.plain_successors(wf, task_id)
+
+    @staticmethod
+    def _claim_again(tx: Tx, execution_id: str, task_id: str, lost: HeldClaim) -> None:
+        """Make a lost held claim again (queued -> running) before recording the task's end:
+        the attempt ran. If the task is no longer queued (cancelled meanwhile), the end that
+        follows finds it not running and is recorded as a late one."""
+        tx.claim(
+            execution_id,
+            task_id,
+            S.QUEUED,
+            started_at=lost.began,
+            celery_id=lost.celery_id,
+            worker=lost.worker,
+        )
+
+    def commit_held(self, execution_id: str, task_id: str) -> None:
+        """Commit a held claim now (the worker could not mark it; see ``record_lost_claim``)."""
+        held = self._held.get((execution_id, task_id))
+        if held is not None:
+            held.settle()
+
+    def record_lost_claim(
+        self,
+        execution_id: str,
+        task_id: str,
+        *,
+        started: datetime,
+        celery_id: str | None,
+        worker: str | None,
+    ) -> bool:
+        """Record an attempt that died with its held claim still uncommitted.
+
+        The worker marks each held claim outside the store (``workers.markers``); a
+        redelivered message whose mark survived ran before, and its process died within the
+        hold. If the task is still `queued`, the lost attempt is recorded as it happened
+        (queued -> running at ``started``, then running -> queued, or failed when it was the
+        last attempt). True if it was recorded.
+        """
+
+        def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
+            attempt = tx.claim(
+                execution_id,
+                task_id,
+                S.QUEUED,
+                started_at=started,
+                celery_id=celery_id,
+                worker=worker,
+            )
+            if attempt is None:
+                return False, []
+            step = self._step(tx, execution_id)
+            reason = (
+                f"worker process lost during attempt {attempt}, before its claim was "
+                "committed; message redelivered"
+            )
+            self._lose(step, task_id, reason)
+            return True, step.dispatch
+
+        recorded, dispatches = self.store.transact(body)
+        self._send(dispatches)
+        return recorded
+
+    def _release(self, execution_id: str, task_id: str) -> HeldClaim | None:
+        """Stop holding a task's claim; the caller commits it or ends the task with it."""
+        return self._held.pop((execution_id, task_id), None)
 
     def _redelivered(
         self, tx: Tx, execution_id: str, task_id: str, celery_id: str | None
@@ -601,30 +708,59 @@ class Coordinator:
 
     def succeeded(self, execution_id: str, task_id: str, result: Any) -> bool:
         """Record a task's result and dispatch what became ready; False if it was not running."""
-        return self._ended(execution_id, task_id, S.SUCCEEDED, {"result": result, "error": None})
+        values = {"result": result, "error": None}
+        held = self._release(execution_id, task_id)
+        if held is None:
+            return self._ended(execution_id, task_id, S.SUCCEEDED, values)
+        try:
+            if self._succeed_fast(execution_id, task_id, result, held):
+                return True
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.warning("held claim of %s/%s: %s", execution_id, task_id, exc)
+        # handed back, or the connection failed: a claim that went with it is made again
+        reclaim = held if held.lost else None
+        return self._ended(execution_id, task_id, S.SUCCEEDED, values, reclaim=reclaim)
 
     def failed(self, execution_id: str, task_id: str, error: str) -> bool:
         """Record a task that failed for good; False if it was not running."""
-        return self._ended(execution_id, task_id, S.FAILED, {"error": error})
+        held = self._release(execution_id, task_id)
+        if held is not None:
+            held.settle()
+        reclaim = held if held is not None and held.lost else None
+        return self._ended(execution_id, task_id, S.FAILED, {"error": error}, reclaim=reclaim)
 
-    def _succeed_fast(self, execution_id: str, task_id: str, result: Any) -> bool:
+    def _succeed_fast(
+        self, execution_id: str, task_id: str, result: Any, held: HeldClaim | None = None
+    ) -> bool:
         """Postgres: a success as one autocommit statement, when nothing in it needs Python.
 
         False, with nothing written, sends the caller down the transactional end: the
         execution's fields are not in memory, a successor has another rule or a ``when``, the
         task is not running, or the statement handed the case back (a successor to skip, the
-        execution's last task).
+        execution's last task). ``held``: the statement commits that held claim with it.
         """
         meta = self._meta.get(execution_id)
         if meta is None or self.store.is_sqlite:
+            if held is not None:
+                held.settle()
             return False
         wf = self.definitions.get(meta.digest)
-        if not self.definitions.plain_successors(wf, task_id):
-            return False
         successors = wf.successors(task_id)
-        done = self.store.transact(
-            lambda tx: tx.succeed_fast(execution_id, task_id, successors, result), single=True
-        )
+        if held is not None:
+            assert self.holder is not None
+            done = self.holder.finish(
+                held,
+                lambda tx, commit: tx.succeed_fast(
+                    execution_id, task_id, successors, result, commit
+                ),
+            )
+        elif not self.definitions.plain_successors(wf, task_id):
+            return False
+        else:
+            done = self.store.transact(
+                lambda tx: tx.succeed_fast(execution_id, task_id, successors, result),
+                single=True,
+            )
         if done is None:
             return False
         if done.queued and done.execution_state == S.RUNNING:
@@ -638,11 +774,27 @@ class Coordinator:
             )
         return True
 
-    def _ended(self, execution_id: str, task_id: str, to: str, values: dict[str, Any]) -> bool:
-        if to == S.SUCCEEDED and self._succeed_fast(execution_id, task_id, values["result"]):
+    def _ended(
+        self,
+        execution_id: str,
+        task_id: str,
+        to: str,
+        values: dict[str, Any],
+        *,
+        reclaim: HeldClaim | None = None,
+    ) -> bool:
+        """The transactional end. ``reclaim``: a held claim that was rolled back with a
+        handed-back success; it is made again (queued -> running) in the same transaction."""
+        if (
+            reclaim is None
+            and to == S.SUCCEEDED
+            and self._succeed_fast(execution_id, task_id, values["result"])
+        ):
             return True
 
         def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
+            if reclaim is not None:
+                self._claim_again(tx, execution_id, task_id, reclaim)
             step = self._step(tx, execution_id, fresh=False)
             reason = values.get("error") if to == S.FAILED else None
             successors = step.wf.successors(task_id)
@@ -706,10 +858,16 @@ class Coordinator:
 
     def retrying(self, execution_id: str, task_id: str, error: str, countdown: float) -> bool:
         """Record that a failed attempt will be retried after ``countdown`` seconds."""
+        held = self._release(execution_id, task_id)
+        if held is not None:
+            held.settle()
         reason = f"{error}; retrying in {countdown:.2f}s"
         due = timedelta(seconds=countdown)
-        return self.store.transact(
-            lambda tx: tx.cas_task(
+
+        def body(tx: Tx) -> bool:
+            if held is not None and held.lost:
+                self._claim_again(tx, execution_id, task_id, held)
+            return tx.cas_task(
                 execution_id,
                 task_id,
                 S.RUNNING,
@@ -718,7 +876,8 @@ class Coordinator:
                 error=error,
                 queued_at=tx.now + due,
             )
-        )
+
+        return self.store.transact(body)
 
     # -- control -------------------------------------------------------------------------------
     def pause(self, execution_id: str) -> None:

@@ -24,7 +24,8 @@ from flowq.store import Tx, utcnow
 log = logging.getLogger("flowq.recovery")
 
 
-def _env_seconds(name: str, default: float) -> float:
+def env_seconds(name: str, default: float) -> float:
+    """A number of seconds from the environment; the default when unset or not a number."""
     try:
         return float(os.environ.get(name, "") or default)
     except ValueError:
@@ -44,9 +45,9 @@ class RecoverySettings:
     def from_env(cls) -> RecoverySettings:
         """Read the timings from the environment."""
         return cls(
-            heartbeat=_env_seconds("FLOWQ_HEARTBEAT_SECONDS", cls.heartbeat),
-            lease=_env_seconds("FLOWQ_LEASE_SECONDS", cls.lease),
-            redispatch_after=_env_seconds("FLOWQ_REDISPATCH_SECONDS", cls.redispatch_after),
+            heartbeat=env_seconds("FLOWQ_HEARTBEAT_SECONDS", cls.heartbeat),
+            lease=env_seconds("FLOWQ_LEASE_SECONDS", cls.lease),
+            redispatch_after=env_seconds("FLOWQ_REDISPATCH_SECONDS", cls.redispatch_after),
         )
 
 

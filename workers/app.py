@@ -38,16 +38,22 @@ from celery.exceptions import Ignore, SoftTimeLimitExceeded
 from flowq.context import TaskContext
 from flowq.coordinator import Claim, Coordinator, Dispatch
 from flowq.errors import PermanentError, TaskError
+from flowq.recovery import env_seconds
 from flowq.settings import Settings
 from flowq.store import Store
 from flowq.templates import render
 from workers.handlers import Handler, handler_for
+from workers.markers import Marks, MemoryMarks, RedisMarks
 
 log = logging.getLogger("flowq.worker")
 
 TASK_NAME = "flowq.run"
 DEFAULT_QUEUE = "flowq"
 HARD_LIMIT_GRACE = 5.0
+# How long a claim may stay uncommitted, to be committed with its task's success
+# (flowq.store.held): FLOWQ_CLAIM_HOLD_SECONDS, e.g. 0.1; 0, the default, commits every claim
+# by itself (see the README's "Cost per task" for the trade-off).
+CLAIM_HOLD_SECONDS = 0.0
 EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
 
 
@@ -177,6 +183,20 @@ class Runtime:
         self._lock = threading.Lock()
         self._coordinator: Coordinator | None = None
         self._pid = os.getpid()
+        self.marks = self._marks()
+
+    def _marks(self) -> Marks | None:
+        """Where held claims are marked; None (claims are not held) without such a place."""
+        if env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS) <= 0:
+            return None
+        if self.settings.embedded:
+            return MemoryMarks()
+        broker = self.settings.effective_broker_url
+        if broker.startswith(("redis://", "rediss://", "unix://")):
+            options = self.app.conf.broker_transport_options or {}
+            ttl = float(options.get("visibility_timeout", 3600)) + 600
+            return RedisMarks(broker, ttl)
+        return None
 
     @property
     def coordinator(self) -> Coordinator:
@@ -186,7 +206,8 @@ class Runtime:
                 if self._coordinator is None or self._pid != os.getpid():
                     store = Store(self.settings.database_url)
                     dispatcher = CeleryDispatcher(self.app)
-                    self._coordinator = Coordinator(store, dispatcher)
+                    hold = env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS)
+                    self._coordinator = Coordinator(store, dispatcher, hold=hold)
                     self._pid = os.getpid()
         return self._coordinator
 

@@ -11,8 +11,9 @@ from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
 from flowq.coordinator import Coordinator
 from flowq.recovery import Maintenance
-from flowq.store import Store
+from flowq.store import Store, utcnow
 from workers.app import error_line
+from workers.markers import Mark, Marks
 
 if TYPE_CHECKING:
     from workers.app import Runtime
@@ -44,15 +45,27 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         if ids is None:
             return
         sender.request.flowq_claim = None
+        marks = runtime.marks
+        worker = sender.request.hostname or HOSTNAME
+        redelivered = bool((sender.request.delivery_info or {}).get("redelivered"))
         try:
+            if redelivered and marks is not None:
+                _count_lost_attempt(runtime, marks, ids, task_id)
             kwargs = sender.request.kwargs or {}
             claim = runtime.coordinator.claim(
                 ids[0],
                 ids[1],
                 celery_id=task_id,
-                worker=sender.request.hostname or HOSTNAME,
+                worker=worker,
                 digest=kwargs.get("digest") if isinstance(kwargs.get("digest"), str) else None,
+                # held only where it can be marked; a redelivered message's claim is
+                # committed at once
+                hold=marks is not None and not redelivered,
             )
+            if claim is not None and claim.held and marks is not None:
+                mark = Mark(task_id, utcnow(), worker)
+                if not marks.put(ids[0], ids[1], mark):
+                    runtime.coordinator.commit_held(ids[0], ids[1])
         except Exception:
             log.exception("could not claim %s/%s; leaving it for recovery", *ids)
             return
@@ -64,12 +77,14 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         ids = _ids(sender.request)
         if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
             _record(runtime, "succeeded", ids, lambda c: c.succeeded(ids[0], ids[1], result))
+            _clear_mark(runtime, sender.request, ids)
 
     def on_failure(sender: Task, exception: BaseException, **info: Any) -> None:
         ids = _ids(sender.request)
         if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
             error = error_line(exception)
             _record(runtime, "failed", ids, lambda c: c.failed(ids[0], ids[1], error))
+            _clear_mark(runtime, sender.request, ids)
             return
         # Reported by the worker's main process: the pool process running the task was killed
         # (hard time limit) or lost, so no handler in it recorded anything. `failed` only moves
@@ -85,6 +100,7 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         ids = _ids(request)
         if ids is not None:
             log.info("task %s/%s will be retried: %s", ids[0], ids[1], reason)
+            _clear_mark(runtime, request, ids)  # `retrying` committed the claim
 
     def on_revoked(sender: Task, request: Any, **_: Any) -> None:
         ids = _ids(request)
@@ -133,6 +149,25 @@ def _lost_line(exc: BaseException) -> str:
             f"limit{within}; its worker process was killed"
         )
     return error_line(exc)
+
+
+def _count_lost_attempt(runtime: Runtime, marks: Marks, ids: tuple[str, str], msg: str) -> None:
+    """A redelivered message whose held claim's mark is left: its earlier run died before the
+    claim was committed. Record that attempt, then forget the mark."""
+    mark = marks.get(*ids)
+    if mark is None or mark.celery_id != msg:
+        return
+    runtime.coordinator.record_lost_claim(
+        ids[0], ids[1], started=mark.started, celery_id=mark.celery_id, worker=mark.worker
+    )
+    marks.clear(*ids)
+
+
+def _clear_mark(runtime: Runtime, request: Any, ids: tuple[str, str]) -> None:
+    """The claim is committed now (with the task's end, or by `retrying`): drop its mark."""
+    claim = getattr(request, "flowq_claim", None)
+    if runtime.marks is not None and claim is not None and claim.held:
+        runtime.marks.clear(*ids)
 
 
 def _record(runtime: Runtime, what: str, ids: tuple[str, str], fn: Any) -> None:

@@ -299,9 +299,17 @@ class Ended:
     execution_state: str
 
 
-# Called with each statement's text, and whether it commits by itself (autocommit), before it
-# is sent: bench.store_cost counts round trips and commits with it.
+# Called with each statement's text, and whether it commits by itself (autocommit, not in a
+# pipeline), before it is sent; and with SYNC when a pipeline's Sync commits what it held
+# (flowq.store.held). bench.store_cost counts round trips and commits with it.
 observers: list[Callable[[str, bool], None]] = []
+SYNC = "-- sync"
+
+
+def observe(sql: str, commits: bool) -> None:
+    """Tell the observers about a statement or a Sync."""
+    for observer in observers:
+        observer(sql, commits)
 
 
 Raw = psycopg.Connection[Any]
@@ -313,8 +321,8 @@ def _execute(conn: Raw, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any]
     It runs inside whatever is open on that connection: the transaction SQLAlchemy began, or
     none in autocommit mode.
     """
-    for observe in observers:
-        observe(sql, conn.autocommit)
+    if observers:
+        observe(sql, conn.autocommit and not conn.pgconn.pipeline_status)
     return conn.cursor(row_factory=namedtuple_row).execute(sql, params)
 
 
@@ -385,12 +393,15 @@ def succeed_fast(
     task_id: str,
     successors: Sequence[str],
     result: Any,
+    commit: Callable[[], None] | None = None,
 ) -> Succeeded | None:
     """running -> succeeded with every successor under ``all_success`` and without ``when``.
 
     Returns None, with nothing written, when the task is not running or when the coordinator
     must decide something (``flowq_general_path``): then the transactional end is the way.
-    Meant for an autocommit connection: the statement is the whole transaction.
+    Meant for an autocommit connection: the statement is the whole transaction; or, on a
+    connection in pipeline mode, part of the implicit transaction that ``commit`` (the
+    pipeline's sync, sent with the statement) ends: an error then undoes all of it.
     """
     params = {
         "now": now,
@@ -402,7 +413,10 @@ def succeed_fast(
         "completed": COMPLETED_REASON,
     }
     try:
-        row: Any = _execute(conn, END_FAST[_variant(successors)], params).fetchone()
+        cursor = _execute(conn, END_FAST[_variant(successors)], params)
+        if commit is not None:
+            commit()
+        row: Any = cursor.fetchone()
     except psycopg.Error as exc:
         if exc.sqlstate == GENERAL_PATH:
             return None

@@ -468,17 +468,25 @@ class Tx:
         return Ended(counters, remaining, str(state))
 
     def succeed_fast(
-        self, execution_id: str, task_id: str, successors: Sequence[str], result: Any
+        self,
+        execution_id: str,
+        task_id: str,
+        successors: Sequence[str],
+        result: Any,
+        commit: Callable[[], None] | None = None,
     ) -> Succeeded | None:
         """Postgres, autocommit only: a success in one statement (``hotpath.succeed_fast``).
 
         Every successor must be ``all_success`` without ``when``. None, with nothing written,
         when the task is not running or the coordinator must decide something: then run the
-        transactional end (``end_task`` and what follows).
+        transactional end (``end_task`` and what follows). ``commit``: on a held claim's
+        connection (``flowq.store.held``), what ends its transaction.
         """
         if not self.postgres or not self.raw.autocommit:
             raise NotImplementedError("succeed_fast is Postgres' single-statement success")
-        return hotpath.succeed_fast(self.raw, self.now, execution_id, task_id, successors, result)
+        return hotpath.succeed_fast(
+            self.raw, self.now, execution_id, task_id, successors, result, commit
+        )
 
     def start_execution(
         self,
@@ -612,14 +620,22 @@ class Store:
             self._hot = []
             self._hot_pid = os.getpid()
 
+    def connect_raw(self) -> hotpath.Raw:
+        """A new psycopg connection to the store, in autocommit mode (Postgres only)."""
+        url = self.engine.url.set(drivername="postgresql")
+        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+
+    def sa_connect(self) -> sa.Connection:
+        """A pooled SQLAlchemy connection in autocommit mode, for a ``Tx`` opened without one."""
+        return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+
     def _hot_checkout(self) -> hotpath.Raw:
         if self._hot_pid != os.getpid():
             self.forget_connections()  # forked without calling it: the same thing
         with self._hot_lock:
             conn = self._hot.pop() if self._hot else None
         if conn is None or conn.closed:
-            url = self.engine.url.set(drivername="postgresql")
-            conn = psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+            conn = self.connect_raw()
         return conn
 
     def _hot_checkin(self, conn: hotpath.Raw) -> None:
@@ -688,10 +704,7 @@ class Store:
         """Postgres autocommit: hot-path statements on the thread's own connection; anything
         else on a pooled SQLAlchemy connection, opened only if ``fn`` asks for one."""
 
-        def connect() -> sa.Connection:
-            return self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-
-        tx = Tx(None, raw=self._hot_checkout(), connect=connect, now=now)
+        tx = Tx(None, raw=self._hot_checkout(), connect=self.sa_connect, now=now)
         try:
             out = fn(tx)
             if tx.has_pending_history:

@@ -38,8 +38,15 @@ def dedicated(cluster: Cluster) -> Iterator[list[Any]]:
         cluster.stop_worker(proc, signal.SIGKILL)
 
 
-def start(cluster: Cluster, started: list[Any], name: str, concurrency: int = 1) -> Any:
-    proc = cluster.start_worker(name, "-Q", QUEUE, concurrency=concurrency, env=FAST_RECOVERY)
+def start(
+    cluster: Cluster,
+    started: list[Any],
+    name: str,
+    concurrency: int = 1,
+    env: dict[str, str] | None = None,
+) -> Any:
+    env = {**FAST_RECOVERY, **(env or {})}
+    proc = cluster.start_worker(name, "-Q", QUEUE, concurrency=concurrency, env=env)
     started.append(proc)
     return proc
 
@@ -95,6 +102,35 @@ def test_pool_child_killed_mid_task_is_redelivered(
     assert doc["tasks"]["work"]["attempts"] == 2
     assert doc["tasks"]["work"]["result"]["pid"] != first_pid
     assert_legal_history(client.history(eid))
+
+
+def test_an_attempt_killed_before_its_held_claim_was_committed_is_counted(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    # a long hold: the claim is certainly uncommitted when the pool process dies, and
+    # Postgres rolls it back; the claim's mark in Redis makes the redelivery count the attempt
+    # no republishing by the reconciler: its duplicate message could run the task first
+    held = {"FLOWQ_CLAIM_HOLD_SECONDS": "60", "FLOWQ_REDISPATCH_SECONDS": "600"}
+    start(cluster, dedicated, "held_victim", env=held)
+    pidfile = tmp_path / "pid"
+    wf = Workflow.from_dict({"id": "k_held", "tasks": [
+        task("work", "pid_then_sleep", params={"pidfile": str(pidfile), "seconds": 2},
+             retries=1)]})  # fmt: skip
+    client.register(wf, replace=True)
+    eid = client.start("k_held", {})
+    wait_for(lambda: pidfile.exists(), what="the task to start")
+    assert client.status(eid)["tasks"]["work"]["state"] == "queued", "the claim is held"
+    first_pid = int(pidfile.read_text())
+    os.kill(first_pid, signal.SIGKILL)
+    doc = client.wait(eid, timeout=60)
+    assert doc["state"] == "completed"
+    assert doc["tasks"]["work"]["attempts"] == 2
+    assert doc["tasks"]["work"]["result"]["pid"] != first_pid
+    history = client.history(eid)
+    assert_legal_history(history)
+    lost = [h for h in history if h["task_id"] == "work" and h["to"] == "queued"
+            and h["from"] == "running"]  # fmt: skip
+    assert len(lost) == 1 and "before its claim was committed" in lost[0]["reason"]
 
 
 def test_poison_task_fails_after_its_attempts(

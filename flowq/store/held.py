@@ -1,0 +1,209 @@
+"""Held claims (opt-in, ``FLOWQ_CLAIM_HOLD_SECONDS``): a short task's claim and success in one
+commit.
+
+A worker's claim and a task's success are one statement each (``flowq.store.hotpath``). Sent
+on a connection in pipeline mode, statements between two Syncs form one implicit transaction,
+committed by the Sync. The claim goes out with a Flush (its result comes back, nothing is
+committed); the success goes out with the Sync, which commits both. A short task thus costs
+one commit instead of two, in the same two round trips.
+
+A claim left open longer than ``hold`` seconds is committed by a timer thread, so a running
+task shows as `running` within 1.5 x ``hold``; a failure, a retry, or an end that needs the
+coordinator's transactional path commits it first (``HeldClaim.commit``). If the process dies
+before the commit, Postgres rolls the claim back and the task is `queued` again; the worker
+marks each held claim outside the store (``workers.markers``) so that the redelivered message
+records the lost attempt (``Coordinator.record_lost_claim``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import psycopg
+
+from flowq.store import hotpath
+from flowq.store.store import Store, Tx
+
+log = logging.getLogger("flowq.store")
+T = TypeVar("T")
+
+
+@dataclass(eq=False)
+class HeldClaim:
+    """A claim whose transaction is still open on its thread's pipeline connection."""
+
+    conn: hotpath.Raw
+    pipeline: psycopg.Pipeline
+    began: datetime  # the claim's time, for a re-claim after a rollback
+    celery_id: str | None
+    worker: str | None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    open: bool = True  # the claim is not committed yet
+    lost: bool = False  # rolled back with the end statement that was to commit it
+    since: float = field(default_factory=time.monotonic)
+
+    def commit(self) -> None:
+        """Commit the claim now if it is still open (the timer, a failure, a retry).
+
+        On an error (the connection is gone) the claim is ``lost`` and the error raised.
+        """
+        with self.lock:
+            if self.open:
+                self.open = False
+                try:
+                    hotpath.observe(hotpath.SYNC, True)
+                    self.pipeline.sync()
+                except BaseException:
+                    self.lost = True
+                    raise
+
+    def settle(self) -> None:
+        """``commit``, but a lost connection only marks the claim ``lost`` (it is logged)."""
+        try:
+            self.commit()
+        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            log.warning("a held claim was lost with its connection: %s", exc)
+
+
+class Holder:
+    """Each thread's pipeline connection, and the timer that commits claims held too long."""
+
+    def __init__(self, store: Store, hold: float) -> None:
+        self.store = store
+        self.hold = hold
+        self._local = threading.local()
+        self._pid = os.getpid()
+        self._open: dict[int, HeldClaim] = {}  # claims the timer may have to commit
+        self._wake = threading.Lock()
+        self._timer: threading.Thread | None = None
+        self._inherited: list[Any] = []  # a parent process's connections: never used or closed
+        self._conns: list[hotpath.Raw] = []  # every thread's, for close()
+        self._conns_lock = threading.Lock()
+
+    def claim(
+        self,
+        fn: Callable[[Tx], T | None],
+        now: datetime,
+        celery_id: str | None,
+        worker: str | None,
+    ) -> tuple[T, HeldClaim] | None:
+        """Run the claim ``fn`` in a new implicit transaction and leave it open.
+
+        None when ``fn`` claimed nothing (its empty transaction is ended at once).
+        """
+        conn, pipeline = self._connection()
+        before: HeldClaim | None = getattr(self._local, "held", None)
+        if before is not None:  # one claim per transaction: an earlier one is committed now
+            before.commit()
+        tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now)
+        held = HeldClaim(conn, pipeline, now, celery_id, worker)
+        self._local.held = held
+        try:
+            out = fn(tx)
+        except BaseException:
+            self._drop(conn)  # closing rolls back whatever the statement did
+            raise
+        finally:
+            tx.close()
+        if out is None:
+            held.commit()
+            return None
+        self._schedule(held)
+        return out, held
+
+    def finish(self, held: HeldClaim, fn: Callable[[Tx, Callable[[], None]], T | None]) -> T | None:
+        """Run the end statement ``fn`` on the held claim's connection, then commit both.
+
+        ``fn`` gets the commit to send along with its statement, and returns None when that
+        statement was undone (handed back). The transaction is over afterwards; if the claim
+        was still open and the statement was undone or failed, ``held.lost`` is set: the
+        claim was rolled back with it.
+        """
+        with held.lock:
+            tx = Tx(None, raw=held.conn, connect=self.store.sa_connect)
+            was_open = held.open
+
+            def commit() -> None:
+                hotpath.observe(hotpath.SYNC, True)
+                held.pipeline.sync()
+
+            try:
+                out = fn(tx, commit)
+                held.lost = held.lost or (was_open and out is None)
+                return out
+            except BaseException:
+                held.lost = held.lost or was_open
+                if held.conn.broken or held.conn.closed:
+                    self._drop(held.conn)
+                raise
+            finally:
+                held.open = False
+                tx.close()
+
+    # -- connections -----------------------------------------------------------------------------
+    def _connection(self) -> tuple[hotpath.Raw, psycopg.Pipeline]:
+        if self._pid != os.getpid():  # forked: the parent's connections and timer are not ours
+            self._inherited += [self._local, self._conns]
+            self._local, self._conns = threading.local(), []
+            self._open, self._timer, self._pid = {}, None, os.getpid()
+        conn: hotpath.Raw | None = getattr(self._local, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self.store.connect_raw()
+            entered = conn.pipeline()
+            pipeline = entered.__enter__()  # in pipeline mode for the connection's life
+            self._local.conn, self._local.pipeline = conn, pipeline
+            self._local.entered = entered
+            with self._conns_lock:
+                self._conns.append(conn)
+        return conn, self._local.pipeline
+
+    def _drop(self, conn: hotpath.Raw) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._conns_lock:
+            if conn in self._conns:
+                self._conns.remove(conn)
+        conn.close()
+
+    def close(self) -> None:
+        """Close every thread's connection (open claims on them are rolled back)."""
+        if self._pid != os.getpid():
+            return
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+
+    # -- the timer -------------------------------------------------------------------------------
+    def _schedule(self, held: HeldClaim) -> None:
+        with self._wake:
+            self._open[id(held)] = held
+            if self._timer is None:
+                self._timer = threading.Thread(
+                    target=self._commit_due, name="flowq-held-claims", daemon=True
+                )
+                self._timer.start()
+
+    def _commit_due(self) -> None:
+        """Every half ``hold``: commit the claims held for ``hold`` seconds or more (so a
+        claim is committed between ``hold`` and 1.5 x ``hold`` after it was made, and the
+        timer wakes at a fixed rate whatever the task rate)."""
+        while True:
+            time.sleep(self.hold / 2)
+            now = time.monotonic()
+            with self._wake:
+                due = [h for h in self._open.values() if not h.open or h.since + self.hold <= now]
+                for held in due:
+                    del self._open[id(held)]
+            for held in due:
+                try:
+                    held.commit()
+                except Exception as exc:  # its task's end finds out and takes the general path
+                    log.warning("could not commit a held claim: %s", str(exc).splitlines()[0])

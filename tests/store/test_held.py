@@ -1,0 +1,125 @@
+"""Held claims (``flowq.store.held``): a claim and its task's success in one commit."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from flowq.store import Store, Tx, utcnow
+from flowq.store.held import HeldClaim, Holder
+from flowq.store.hotpath import Claimed, Succeeded
+from tests.store.test_fast_success import _setup, history, pending, rows, running, store
+
+pytestmark = pytest.mark.integration
+__all__ = ["store"]  # the fixture, shared with test_fast_success
+
+
+def queued() -> dict[str, Any]:
+    return {"state": "queued", "deps_total": 0, "deps_remaining": 0}
+
+
+def claim(holder: Holder) -> tuple[Claimed, HeldClaim]:
+    def fn(tx: Tx) -> Claimed | None:
+        return tx.claim_queued("e1", "a", [], celery_id="c-1", worker="w1")
+
+    got = holder.claim(fn, utcnow(), "c-1", "w1")
+    assert got is not None
+    return got
+
+
+def succeed(holder: Holder, held: HeldClaim, successors: list[str]) -> Succeeded | None:
+    return holder.finish(
+        held, lambda tx, commit: tx.succeed_fast("e1", "a", successors, {"v": 1}, commit)
+    )
+
+
+def xmins(store: Store) -> dict[tuple[str | None, str], int]:
+    """The transaction that wrote each history row, by (task, to_state)."""
+    with store.engine.connect() as conn:
+        got = conn.execute(sa.text("SELECT task_id, to_state, xmin::text FROM flowq_history"))
+        return {(r[0], r[1]): int(r[2]) for r in got}
+
+
+def test_a_claim_held_is_committed_with_its_success(store: Store) -> None:
+    _setup(store, {"a": queued(), "b": pending(1), "z": pending(1)})
+    holder = Holder(store, hold=30)
+    try:
+        claimed, held = claim(holder)
+        assert claimed.attempt == 1
+        # nobody else sees the claim yet
+        assert rows(store)["a"][0] == "queued"
+        assert succeed(holder, held, ["b"]) == Succeeded(["b"], "running")
+        assert not held.lost
+    finally:
+        holder.close()
+    assert rows(store)["a"] == ("succeeded", 0, 0, {"v": 1})
+    assert rows(store)["b"][0] == "queued"
+    assert history(store) == [
+        ("a", "queued", "running", "attempt 1"),
+        ("a", "running", "succeeded", None),
+        ("b", "pending", "queued", "a succeeded"),
+    ]
+    written = xmins(store)
+    assert written[("a", "running")] == written[("a", "succeeded")], "one transaction"
+
+
+def test_a_claim_held_too_long_is_committed_by_the_timer(store: Store) -> None:
+    _setup(store, {"a": queued(), "b": pending(1), "z": pending(1)})
+    holder = Holder(store, hold=0.05)
+    try:
+        _, held = claim(holder)
+        deadline = time.monotonic() + 10
+        while rows(store)["a"][0] != "running":
+            assert time.monotonic() < deadline, "the timer did not commit the claim"
+            time.sleep(0.02)
+        assert not held.open
+        assert succeed(holder, held, ["b"]) == Succeeded(["b"], "running")
+    finally:
+        holder.close()
+    written = xmins(store)
+    assert written[("a", "running")] != written[("a", "succeeded")]
+    assert rows(store)["a"][0] == "succeeded"
+
+
+def test_a_held_claim_dies_with_its_connection(store: Store) -> None:
+    # the worker process dies before the commit: the task is queued again, no attempt counted
+    _setup(store, {"a": queued(), "b": pending(1), "z": pending(1)})
+    holder = Holder(store, hold=30)
+    claim(holder)
+    holder.close()
+
+    def attempts(tx: Tx) -> tuple[str, int]:
+        row = tx.task("e1", "a")
+        assert row is not None
+        return str(row.state), int(row.attempts)
+
+    assert store.read(attempts) == ("queued", 0)
+    assert history(store) == []
+
+
+def test_a_handed_back_success_takes_the_held_claim_with_it(store: Store) -> None:
+    # the last task after a failure: the coordinator must decide, so the statement undoes
+    # itself, and the claim, still uncommitted, goes too (the coordinator claims again)
+    _setup(store, {"a": queued(), "f": {**running(), "state": "failed"}}, remaining=1)
+    holder = Holder(store, hold=30)
+    try:
+        _, held = claim(holder)
+        assert succeed(holder, held, []) is None
+        assert held.lost and not held.open
+        # the connection is usable for the next claim
+        store.transact(lambda tx: tx.cas_task("e1", "f", "failed", "queued"))
+        got = holder.claim(
+            lambda tx: tx.claim_queued("e1", "f", [], celery_id=None, worker=None),
+            utcnow(),
+            None,
+            None,
+        )
+        assert got is not None
+        got[1].commit()
+    finally:
+        holder.close()
+    assert rows(store)["a"][0] == "queued"
+    assert rows(store)["f"][0] == "running"

@@ -1,0 +1,121 @@
+"""Marks of held claims, kept outside the store so that an attempt that dies is still counted.
+
+A held claim (``flowq.store.held``) is committed with its task's end, or by a timer after the
+hold. If the worker process dies before that, Postgres rolls the claim back and nothing in the
+store says the attempt ran. So before the task body runs, the worker marks the claim in Redis
+(one ``SET`` with a time to live past the broker's visibility timeout) and clears the mark
+(one ``DEL``) once the claim is committed. A redelivered message that finds its mark, with its
+own message id, ran before: the coordinator records that lost attempt
+(``Coordinator.record_lost_claim``) before claiming the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import redis
+
+log = logging.getLogger("flowq.worker")
+PREFIX = "flowq:held:"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A held claim as its worker marked it."""
+
+    celery_id: str
+    started: datetime
+    worker: str | None
+
+
+class Marks(Protocol):
+    """Where a worker marks its held claims."""
+
+    def put(self, execution_id: str, task_id: str, mark: Mark) -> bool:
+        """Mark a held claim; False if the mark could not be written."""
+
+    def get(self, execution_id: str, task_id: str) -> Mark | None:
+        """The mark of the task's held claim, if one is left."""
+
+    def clear(self, execution_id: str, task_id: str) -> None:
+        """Forget the mark (its claim is committed)."""
+
+
+def _encode(mark: Mark) -> str:
+    return json.dumps([mark.celery_id, mark.started.isoformat(), mark.worker])
+
+
+def _decode(raw: bytes | str) -> Mark | None:
+    try:
+        celery_id, started, worker = json.loads(raw)
+        return Mark(str(celery_id), datetime.fromisoformat(started), worker)
+    except (ValueError, TypeError):
+        return None
+
+
+class RedisMarks:
+    """Marks on the broker's Redis server (``distributed``)."""
+
+    def __init__(self, url: str, ttl: float) -> None:
+        self.url = url
+        self.ttl = int(ttl)
+        self._client: redis.Redis | None = None
+        self._pid = 0
+        self._lock = threading.Lock()
+
+    def _redis(self) -> redis.Redis:
+        if self._client is None or self._pid != os.getpid():  # not a parent's connections
+            with self._lock:
+                if self._client is None or self._pid != os.getpid():
+                    self._client = redis.Redis.from_url(self.url, socket_timeout=5)
+                    self._pid = os.getpid()
+        return self._client
+
+    @staticmethod
+    def _key(execution_id: str, task_id: str) -> str:
+        return f"{PREFIX}{execution_id}:{task_id}"
+
+    def put(self, execution_id: str, task_id: str, mark: Mark) -> bool:
+        try:
+            self._redis().set(self._key(execution_id, task_id), _encode(mark), ex=self.ttl)
+            return True
+        except redis.RedisError as exc:
+            log.warning("could not mark a held claim: %s", exc)
+            return False
+
+    def get(self, execution_id: str, task_id: str) -> Mark | None:
+        try:
+            raw = self._redis().get(self._key(execution_id, task_id))
+        except redis.RedisError as exc:
+            log.warning("could not read the mark of a held claim: %s", exc)
+            return None
+        return None if raw is None else _decode(raw)
+
+    def clear(self, execution_id: str, task_id: str) -> None:
+        try:
+            self._redis().delete(self._key(execution_id, task_id))
+        except redis.RedisError as exc:  # the mark expires by itself
+            log.warning("could not clear the mark of a held claim: %s", exc)
+
+
+class MemoryMarks:
+    """Marks in the process (embedded: a process that dies takes its broker with it)."""
+
+    def __init__(self) -> None:
+        self._marks: dict[tuple[str, str], Mark] = {}
+
+    def put(self, execution_id: str, task_id: str, mark: Mark) -> bool:
+        self._marks[(execution_id, task_id)] = mark
+        return True
+
+    def get(self, execution_id: str, task_id: str) -> Mark | None:
+        return self._marks.get((execution_id, task_id))
+
+    def clear(self, execution_id: str, task_id: str) -> None:
+        self._marks.pop((execution_id, task_id), None)
