@@ -176,6 +176,11 @@ class Holder:
         """Close every thread's connection (open claims on them are rolled back)."""
         if self._pid != os.getpid():
             return
+        with self._wake:  # claims still open go with their connections: not the timer's
+            for held in self._open.values():
+                if held.open:
+                    held.open, held.lost = False, True
+            self._open.clear()
         with self._conns_lock:
             conns, self._conns = self._conns, []
         for conn in conns:

@@ -84,24 +84,39 @@ def test_worker_killed_mid_task_runs_again_elsewhere(
     assert lost and "lost" in lost[0]["reason"]
 
 
-def test_pool_child_killed_mid_task_is_redelivered(
-    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
-) -> None:
-    start(cluster, dedicated, "child_victim")
+def kill_pool_child_mid_task(
+    client: Client, tmp_path: Path, workflow_id: str, running: str
+) -> list[dict[str, Any]]:
+    """Run a task that sleeps, SIGKILL its pool process once it started, wait for the end:
+    the task completed on its second attempt in another process. The history is returned.
+
+    ``running``: the task's state the store shows while it sleeps (`queued` while its claim is
+    held).
+    """
     pidfile = tmp_path / "pid"
-    wf = Workflow.from_dict({"id": "k_child", "tasks": [
+    wf = Workflow.from_dict({"id": workflow_id, "tasks": [
         task("work", "pid_then_sleep", params={"pidfile": str(pidfile), "seconds": 2},
              retries=1)]})  # fmt: skip
     client.register(wf, replace=True)
-    eid = client.start("k_child", {})
+    eid = client.start(workflow_id, {})
     wait_for(lambda: pidfile.exists(), what="the task to start")
+    assert client.status(eid)["tasks"]["work"]["state"] == running
     first_pid = int(pidfile.read_text())
     os.kill(first_pid, signal.SIGKILL)
     doc = client.wait(eid, timeout=60)
     assert doc["state"] == "completed"
     assert doc["tasks"]["work"]["attempts"] == 2
     assert doc["tasks"]["work"]["result"]["pid"] != first_pid
-    assert_legal_history(client.history(eid))
+    history = client.history(eid)
+    assert_legal_history(history)
+    return history
+
+
+def test_pool_child_killed_mid_task_is_redelivered(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    start(cluster, dedicated, "child_victim")
+    kill_pool_child_mid_task(client, tmp_path, "k_child", running="running")
 
 
 def test_an_attempt_killed_before_its_held_claim_was_committed_is_counted(
@@ -112,22 +127,7 @@ def test_an_attempt_killed_before_its_held_claim_was_committed_is_counted(
     # no republishing by the reconciler: its duplicate message could run the task first
     held = {"FLOWQ_CLAIM_HOLD_SECONDS": "60", "FLOWQ_REDISPATCH_SECONDS": "600"}
     start(cluster, dedicated, "held_victim", env=held)
-    pidfile = tmp_path / "pid"
-    wf = Workflow.from_dict({"id": "k_held", "tasks": [
-        task("work", "pid_then_sleep", params={"pidfile": str(pidfile), "seconds": 2},
-             retries=1)]})  # fmt: skip
-    client.register(wf, replace=True)
-    eid = client.start("k_held", {})
-    wait_for(lambda: pidfile.exists(), what="the task to start")
-    assert client.status(eid)["tasks"]["work"]["state"] == "queued", "the claim is held"
-    first_pid = int(pidfile.read_text())
-    os.kill(first_pid, signal.SIGKILL)
-    doc = client.wait(eid, timeout=60)
-    assert doc["state"] == "completed"
-    assert doc["tasks"]["work"]["attempts"] == 2
-    assert doc["tasks"]["work"]["result"]["pid"] != first_pid
-    history = client.history(eid)
-    assert_legal_history(history)
+    history = kill_pool_child_mid_task(client, tmp_path, "k_held", running="queued")
     lost = [h for h in history if h["task_id"] == "work" and h["to"] == "queued"
             and h["from"] == "running"]  # fmt: skip
     assert len(lost) == 1 and "before its claim was committed" in lost[0]["reason"]

@@ -15,20 +15,16 @@ from flowq.store import Store, Tx
 from flowq.store import tables as t
 from flowq.store.hotpath import Claimed, Meta
 from flowq.store.migrate import is_current
+from tests.store.conftest import empty_postgres_store
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     if request.param == "sqlite":
         s = Store(f"sqlite:///{tmp_path / 'state.db'}")
-    else:
-        url = request.getfixturevalue("postgres_url")
-        s = Store(url)
-        with s.engine.begin() as conn:  # each test starts from empty tables
-            for table in reversed(t.metadata.sorted_tables):
-                conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
-            conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    s.upgrade()
+        s.upgrade()
+    else:  # each test starts from empty tables
+        s = empty_postgres_store(request.getfixturevalue("postgres_url"))
     yield s
     s.dispose()
 

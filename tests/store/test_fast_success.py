@@ -12,18 +12,14 @@ import sqlalchemy as sa
 from flowq.store import Store, Tx
 from flowq.store import tables as t
 from flowq.store.hotpath import Succeeded
+from tests.store.conftest import empty_postgres_store
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def store(postgres_url: str) -> Iterator[Store]:
-    s = Store(postgres_url)
-    with s.engine.begin() as conn:  # each test starts from empty tables
-        for table in reversed(t.metadata.sorted_tables):
-            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
-        conn.execute(sa.text("DROP TABLE IF EXISTS alembic_version"))
-    s.upgrade()
+    s = empty_postgres_store(postgres_url)  # each test starts from empty tables
     yield s
     s.dispose()
 
