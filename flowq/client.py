@@ -25,8 +25,7 @@ class Client:
 
     def __init__(self, settings: Settings | None = None, *, concurrency: int = 8) -> None:
         from flowq.embedded import EmbeddedWorker
-        from flowq.recovery import env_seconds
-        from workers.app import CLAIM_HOLD_SECONDS, CeleryDispatcher, create_app, runtime_of
+        from workers.app import CeleryDispatcher, claim_hold_seconds, create_app, runtime_of
 
         self.settings = settings or Settings.from_env()
         self.store = Store(self.settings.database_url)
@@ -36,7 +35,7 @@ class Client:
         # Embedded: one private in-memory queue per client, consumed by its own worker thread.
         queue = f"flowq-embedded-{uuid.uuid4().hex[:8]}" if self.settings.embedded else None
         # the embedded worker claims through this coordinator: it holds claims like a worker
-        hold = env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS) if queue else 0.0
+        hold = claim_hold_seconds() if queue else 0.0
         self.coordinator = Coordinator(self.store, CeleryDispatcher(self.app, queue), hold=hold)
         self._worker: EmbeddedWorker | None = None
         if queue is not None:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-import psycopg
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
@@ -30,7 +29,7 @@ from flowq.errors import FlowqError, InvalidTransition, NotFound, ValidationErro
 from flowq.store import Store, Tx, utcnow
 from flowq.store import tables as t
 from flowq.store.held import HeldClaim, Holder
-from flowq.store.hotpath import Ended, Meta
+from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta
 from flowq.templates import evaluate
 
 log = logging.getLogger("flowq.coordinator")
@@ -520,7 +519,7 @@ class Coordinator:
             assert self.holder is not None
             try:
                 got = self.holder.claim(queued, began, celery_id, worker)
-            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            except CONNECTION_ERRORS as exc:
                 log.warning("could not hold the claim of %s/%s: %s", execution_id, task_id, exc)
                 got = None  # rolled back with its connection: claim the usual way below
             if got is not None:
@@ -570,18 +569,49 @@ class Coordinator:
         return self.definitions.plain_successors(wf, task_id)
 
     @staticmethod
-    def _claim_again(tx: Tx, execution_id: str, task_id: str, lost: HeldClaim) -> None:
-        """Make a lost held claim again (queued -> running) before recording the task's end:
-        the attempt ran. If the task is no longer queued (cancelled meanwhile), the end that
-        follows finds it not running and is recorded as a late one."""
-        tx.claim(
+    def _claim_again(
+        tx: Tx,
+        execution_id: str,
+        task_id: str,
+        *,
+        started: datetime,
+        celery_id: str | None,
+        worker: str | None,
+    ) -> int | None:
+        """Make a held claim that was rolled back again (queued -> running): its attempt ran.
+
+        The attempt number; None if the task is no longer queued (cancelled meanwhile, or
+        the claim was committed after all): an end that follows then finds it not running
+        and is recorded as a late one.
+        """
+        return tx.claim(
             execution_id,
             task_id,
             S.QUEUED,
-            started_at=lost.began,
+            started_at=started,
+            celery_id=celery_id,
+            worker=worker,
+        )
+
+    def _claim_lost(self, tx: Tx, execution_id: str, task_id: str, lost: HeldClaim) -> None:
+        """``_claim_again`` for a held claim lost with its end statement or connection."""
+        self._claim_again(
+            tx,
+            execution_id,
+            task_id,
+            started=lost.began,
             celery_id=lost.celery_id,
             worker=lost.worker,
         )
+
+    def _settle_held(self, execution_id: str, task_id: str) -> HeldClaim | None:
+        """Commit a task's held claim, if any, before its failure or retry is recorded; the
+        claim if it was lost instead (it is then made again in that transaction)."""
+        held = self._release(execution_id, task_id)
+        if held is None:
+            return None
+        held.settle()
+        return held if held.lost else None
 
     def commit_held(self, execution_id: str, task_id: str) -> None:
         """Commit a held claim now (the worker could not mark it; see ``record_lost_claim``)."""
@@ -608,13 +638,8 @@ class Coordinator:
         """
 
         def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
-            attempt = tx.claim(
-                execution_id,
-                task_id,
-                S.QUEUED,
-                started_at=started,
-                celery_id=celery_id,
-                worker=worker,
+            attempt = self._claim_again(
+                tx, execution_id, task_id, started=started, celery_id=celery_id, worker=worker
             )
             if attempt is None:
                 return False, []
@@ -708,25 +733,23 @@ class Coordinator:
 
     def succeeded(self, execution_id: str, task_id: str, result: Any) -> bool:
         """Record a task's result and dispatch what became ready; False if it was not running."""
-        values = {"result": result, "error": None}
         held = self._release(execution_id, task_id)
-        if held is None:
-            return self._ended(execution_id, task_id, S.SUCCEEDED, values)
         try:
             if self._succeed_fast(execution_id, task_id, result, held):
                 return True
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except CONNECTION_ERRORS as exc:
+            if held is None:
+                raise
             log.warning("held claim of %s/%s: %s", execution_id, task_id, exc)
-        # handed back, or the connection failed: a claim that went with it is made again
-        reclaim = held if held.lost else None
+        # the transactional end; a held claim that went with a handed-back statement or a
+        # failed connection is made again in it
+        reclaim = held if held is not None and held.lost else None
+        values = {"result": result, "error": None}
         return self._ended(execution_id, task_id, S.SUCCEEDED, values, reclaim=reclaim)
 
     def failed(self, execution_id: str, task_id: str, error: str) -> bool:
         """Record a task that failed for good; False if it was not running."""
-        held = self._release(execution_id, task_id)
-        if held is not None:
-            held.settle()
-        reclaim = held if held is not None and held.lost else None
+        reclaim = self._settle_held(execution_id, task_id)
         return self._ended(execution_id, task_id, S.FAILED, {"error": error}, reclaim=reclaim)
 
     def _succeed_fast(
@@ -783,18 +806,12 @@ class Coordinator:
         *,
         reclaim: HeldClaim | None = None,
     ) -> bool:
-        """The transactional end. ``reclaim``: a held claim that was rolled back with a
-        handed-back success; it is made again (queued -> running) in the same transaction."""
-        if (
-            reclaim is None
-            and to == S.SUCCEEDED
-            and self._succeed_fast(execution_id, task_id, values["result"])
-        ):
-            return True
+        """The transactional end. ``reclaim``: a held claim that was rolled back; it is made
+        again (queued -> running) in the same transaction."""
 
         def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
             if reclaim is not None:
-                self._claim_again(tx, execution_id, task_id, reclaim)
+                self._claim_lost(tx, execution_id, task_id, reclaim)
             step = self._step(tx, execution_id, fresh=False)
             reason = values.get("error") if to == S.FAILED else None
             successors = step.wf.successors(task_id)
@@ -858,15 +875,13 @@ class Coordinator:
 
     def retrying(self, execution_id: str, task_id: str, error: str, countdown: float) -> bool:
         """Record that a failed attempt will be retried after ``countdown`` seconds."""
-        held = self._release(execution_id, task_id)
-        if held is not None:
-            held.settle()
+        lost = self._settle_held(execution_id, task_id)
         reason = f"{error}; retrying in {countdown:.2f}s"
         due = timedelta(seconds=countdown)
 
         def body(tx: Tx) -> bool:
-            if held is not None and held.lost:
-                self._claim_again(tx, execution_id, task_id, held)
+            if lost is not None:
+                self._claim_lost(tx, execution_id, task_id, lost)
             return tx.cas_task(
                 execution_id,
                 task_id,

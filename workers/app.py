@@ -54,6 +54,13 @@ HARD_LIMIT_GRACE = 5.0
 # (flowq.store.held): FLOWQ_CLAIM_HOLD_SECONDS, e.g. 0.1; 0, the default, commits every claim
 # by itself (see the README's "Cost per task" for the trade-off).
 CLAIM_HOLD_SECONDS = 0.0
+
+
+def claim_hold_seconds() -> float:
+    """This process's claim hold: FLOWQ_CLAIM_HOLD_SECONDS, else CLAIM_HOLD_SECONDS."""
+    return env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS)
+
+
 EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
 
 
@@ -187,7 +194,7 @@ class Runtime:
 
     def _marks(self) -> Marks | None:
         """Where held claims are marked; None (claims are not held) without such a place."""
-        if env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS) <= 0:
+        if claim_hold_seconds() <= 0:
             return None
         if self.settings.embedded:
             return MemoryMarks()
@@ -206,8 +213,7 @@ class Runtime:
                 if self._coordinator is None or self._pid != os.getpid():
                     store = Store(self.settings.database_url)
                     dispatcher = CeleryDispatcher(self.app)
-                    hold = env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS)
-                    self._coordinator = Coordinator(store, dispatcher, hold=hold)
+                    self._coordinator = Coordinator(store, dispatcher, hold=claim_hold_seconds())
                     self._pid = os.getpid()
         return self._coordinator
 

@@ -68,7 +68,7 @@ class HeldClaim:
         """``commit``, but a lost connection only marks the claim ``lost`` (it is logged)."""
         try:
             self.commit()
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+        except hotpath.CONNECTION_ERRORS as exc:
             log.warning("a held claim was lost with its connection: %s", exc)
 
 

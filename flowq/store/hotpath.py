@@ -313,6 +313,9 @@ def observe(sql: str, commits: bool) -> None:
 
 
 Raw = psycopg.Connection[Any]
+# What a statement sent on a raw connection raises when the connection is lost (or, for
+# OperationalError, on a deadlock): the callers retry or fall back
+CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 def _execute(conn: Raw, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:

@@ -575,7 +575,7 @@ class Tx:
 def _run(fn: Callable[[Tx], T], tx: Tx) -> T:
     try:
         return fn(tx)
-    except (psycopg.OperationalError, psycopg.InterfaceError):
+    except hotpath.CONNECTION_ERRORS:
         # a hot-path statement's error on the raw connection: SQLAlchemy did not see it, so a
         # broken connection is taken out of the pool here (Store.transact then retries)
         if tx.postgres and tx.raw.broken and not tx.conn.invalidated:
@@ -687,8 +687,7 @@ class Store:
             except (
                 sa_exc.OperationalError,
                 sa_exc.InterfaceError,
-                psycopg.OperationalError,  # from a hot-path statement sent on the raw connection
-                psycopg.InterfaceError,
+                *hotpath.CONNECTION_ERRORS,  # from a hot-path statement on a raw connection
             ) as exc:
                 if time.monotonic() + delay > deadline:
                     raise
@@ -701,8 +700,9 @@ class Store:
                 delay = min(delay * 2, 2.0)
 
     def _single(self, fn: Callable[[Tx], T], now: datetime) -> T:
-        """Postgres autocommit: hot-path statements on the thread's own connection; anything
-        else on a pooled SQLAlchemy connection, opened only if ``fn`` asks for one."""
+        """Postgres autocommit: hot-path statements on one of the store's idle psycopg
+        connections; anything else on a pooled SQLAlchemy connection, opened only if ``fn``
+        asks for one."""
 
         tx = Tx(None, raw=self._hot_checkout(), connect=self.sa_connect, now=now)
         try:
