@@ -16,6 +16,7 @@ from bench.counters import PgCommits, measure_floor
 from bench.env import ROOT, Env
 from bench.plan import MODES, Mode, Runner
 from bench.sides import FlowqSide, PlainSide
+from workers.app import CLAIM_HOLD_SECONDS
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmark results
@@ -47,8 +48,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--claim-hold",
         type=float,
-        default=0.0,
-        help="flowq workers' FLOWQ_CLAIM_HOLD_SECONDS (default 0: every claim commits alone)",
+        default=CLAIM_HOLD_SECONDS,
+        help=f"flowq workers' FLOWQ_CLAIM_HOLD_SECONDS (default {CLAIM_HOLD_SECONDS:g}, the "
+        "workers' default; 0: every claim commits alone)",
     )
     return p.parse_args(argv)
 

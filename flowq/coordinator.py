@@ -515,7 +515,7 @@ class Coordinator:
             return Claim(wf, wf.task(task_id), vars_copy, results, got.attempt, execution_id)
 
         began = utcnow()  # when the attempt started, whatever connecting costs below
-        if hold and self._may_hold(execution_id, task_id, digest):
+        if hold and self.may_hold(execution_id, task_id, digest):
             assert self.holder is not None
             try:
                 got = self.holder.claim(queued, began, celery_id, worker)
@@ -530,7 +530,11 @@ class Coordinator:
             return claim
 
         def body(tx: Tx) -> tuple[Claim | None, list[Dispatch]]:
-            values = {"started_at": tx.now, "celery_id": celery_id, "worker": worker}
+            values: dict[str, Any] = {
+                "started_at": tx.now,
+                "celery_id": celery_id,
+                "worker": worker,
+            }
             attempt = tx.claim(execution_id, task_id, S.QUEUED, **values)
             if attempt is None:
                 attempt = tx.claim(execution_id, task_id, S.RETRYING, **values)
@@ -552,7 +556,7 @@ class Coordinator:
         self._send(dispatches)
         return claim
 
-    def _may_hold(self, execution_id: str, task_id: str, digest: str | None) -> bool:
+    def may_hold(self, execution_id: str, task_id: str, digest: str | None) -> bool:
         """A claim is held only where its success can be the single statement that commits
         it: successors under ``all_success`` without ``when``, and no timeout short enough
         for a hard time limit to kill the attempt before the timer commits its claim."""
@@ -577,17 +581,19 @@ class Coordinator:
         started: datetime,
         celery_id: str | None,
         worker: str | None,
+        attempt: int | None = None,
     ) -> int | None:
         """Make a held claim that was rolled back again (queued -> running): its attempt ran.
 
         The attempt number; None if the task is no longer queued (cancelled meanwhile, or
         the claim was committed after all): an end that follows then finds it not running
-        and is recorded as a late one.
+        and is recorded as a late one. ``attempt``: only if that is the attempt it makes.
         """
         return tx.claim(
             execution_id,
             task_id,
             S.QUEUED,
+            attempts=None if attempt is None else attempt - 1,
             started_at=started,
             celery_id=celery_id,
             worker=worker,
@@ -619,6 +625,14 @@ class Coordinator:
         if held is not None:
             held.settle()
 
+    def drop_held(self, execution_id: str, task_id: str) -> None:
+        """Roll a held claim back: its attempt number belongs to an attempt that died
+        uncounted (``record_lost_claim`` records it, then the task is claimed again)."""
+        held = self._release(execution_id, task_id)
+        if held is not None:
+            assert self.holder is not None
+            self.holder.abandon(held)
+
     def record_lost_claim(
         self,
         execution_id: str,
@@ -627,27 +641,34 @@ class Coordinator:
         started: datetime,
         celery_id: str | None,
         worker: str | None,
+        attempt: int,
     ) -> bool:
-        """Record an attempt that died with its held claim still uncommitted.
+        """Record attempt ``attempt``, which died with its held claim still uncommitted.
 
-        The worker marks each held claim outside the store (``workers.markers``); a
-        redelivered message whose mark survived ran before, and its process died within the
-        hold. If the task is still `queued`, the lost attempt is recorded as it happened
-        (queued -> running at ``started``, then running -> queued, or failed when it was the
-        last attempt). True if it was recorded.
+        The worker marks each held claim outside the store (``workers.markers``); a mark
+        left for the attempt the task would make next means that attempt ran, and its
+        process died within the hold. If the task is still `queued` with ``attempt - 1``
+        attempts counted, the lost attempt is recorded as it happened (queued -> running at
+        ``started``, then running -> queued, or failed when it was the last attempt). True if
+        it was recorded; False if the task moved on (a live holder of the claim committed it
+        meanwhile: this waited on its row lock), which makes the call safe whenever a mark is
+        found.
         """
 
         def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
-            attempt = self._claim_again(
-                tx, execution_id, task_id, started=started, celery_id=celery_id, worker=worker
+            got = self._claim_again(
+                tx,
+                execution_id,
+                task_id,
+                started=started,
+                celery_id=celery_id,
+                worker=worker,
+                attempt=attempt,
             )
-            if attempt is None:
+            if got is None:
                 return False, []
             step = self._step(tx, execution_id)
-            reason = (
-                f"worker process lost during attempt {attempt}, before its claim was "
-                "committed; message redelivered"
-            )
+            reason = f"worker process lost during attempt {attempt}, before its claim was committed"
             self._lose(step, task_id, reason)
             return True, step.dispatch
 

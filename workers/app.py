@@ -51,9 +51,12 @@ TASK_NAME = "flowq.run"
 DEFAULT_QUEUE = "flowq"
 HARD_LIMIT_GRACE = 5.0
 # How long a claim may stay uncommitted, to be committed with its task's success
-# (flowq.store.held): FLOWQ_CLAIM_HOLD_SECONDS, e.g. 0.1; 0, the default, commits every claim
-# by itself (see the README's "Cost per task" for the trade-off).
-CLAIM_HOLD_SECONDS = 0.0
+# (flowq.store.held): FLOWQ_CLAIM_HOLD_SECONDS; 0 commits every claim by itself (see the
+# README's "Held claims" for the trade-off).
+CLAIM_HOLD_SECONDS = 0.1
+# Marks of held claims outlive the broker's visibility timeout (the crashed message's
+# redelivery) and a day of waiting (a paused execution, a republish): see workers.markers.
+MARK_TTL_MIN_SECONDS = 24 * 3600.0
 
 
 def claim_hold_seconds() -> float:
@@ -194,14 +197,15 @@ class Runtime:
 
     def _marks(self) -> Marks | None:
         """Where held claims are marked; None (claims are not held) without such a place."""
-        if claim_hold_seconds() <= 0:
-            return None
+        if claim_hold_seconds() <= 0 or self.settings.database_url.startswith("sqlite"):
+            return None  # nothing to hold: SQLite's claims are committed at once
         if self.settings.embedded:
             return MemoryMarks()
         broker = self.settings.effective_broker_url
         if broker.startswith(("redis://", "rediss://", "unix://")):
             options = self.app.conf.broker_transport_options or {}
-            ttl = float(options.get("visibility_timeout", 3600)) + 600
+            visibility = float(options.get("visibility_timeout", 3600))
+            ttl = max(visibility + 600, MARK_TTL_MIN_SECONDS)
             return RedisMarks(broker, ttl)
         return None
 

@@ -3,10 +3,16 @@
 A held claim (``flowq.store.held``) is committed with its task's end, or by a timer after the
 hold. If the worker process dies before that, Postgres rolls the claim back and nothing in the
 store says the attempt ran. So before the task body runs, the worker marks the claim in Redis
-(one ``SET`` with a time to live past the broker's visibility timeout) and clears the mark
-(one ``DEL``) once the claim is committed. A redelivered message that finds its mark, with its
-own message id, ran before: the coordinator records that lost attempt
-(``Coordinator.record_lost_claim``) before claiming the new one.
+(one ``SET ... GET`` with a time to live past the broker's visibility timeout) and clears the
+mark (one ``DEL``) once the claim is committed.
+
+A mark names the attempt it was made for. A later claim that finds a mark of its own attempt
+number knows that attempt's claim was rolled back (had it been committed, the counter would be
+past it; had its transaction still been open, the claim would have waited on its row lock): the
+attempt ran and died, and the coordinator records it (``Coordinator.record_lost_claim``) before
+the task runs again. A held claim finds the mark in the reply to its own ``SET``; a claim that
+is not held reads it first (``GET``), whichever message it came from (the crashed one
+redelivered, a republished duplicate, a resume).
 """
 
 from __future__ import annotations
@@ -32,13 +38,14 @@ class Mark:
     celery_id: str
     started: datetime
     worker: str | None
+    attempt: int | None  # None in a mark written before marks named their attempt
 
 
 class Marks(Protocol):
     """Where a worker marks its held claims."""
 
-    def put(self, execution_id: str, task_id: str, mark: Mark) -> bool:
-        """Mark a held claim; False if the mark could not be written."""
+    def swap(self, execution_id: str, task_id: str, mark: Mark) -> tuple[bool, Mark | None]:
+        """Mark a held claim: (False if the mark could not be written, the mark it replaced)."""
 
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         """The mark of the task's held claim, if one is left."""
@@ -48,13 +55,14 @@ class Marks(Protocol):
 
 
 def _encode(mark: Mark) -> str:
-    return json.dumps([mark.celery_id, mark.started.isoformat(), mark.worker])
+    return json.dumps([mark.celery_id, mark.started.isoformat(), mark.worker, mark.attempt])
 
 
 def _decode(raw: bytes | str) -> Mark | None:
     try:
-        celery_id, started, worker = json.loads(raw)
-        return Mark(str(celery_id), datetime.fromisoformat(started), worker)
+        celery_id, started, worker, *rest = json.loads(raw)
+        attempt = int(rest[0]) if rest and rest[0] is not None else None
+        return Mark(str(celery_id), datetime.fromisoformat(started), worker, attempt)
     except (ValueError, TypeError):
         return None
 
@@ -81,13 +89,14 @@ class RedisMarks:
     def _key(execution_id: str, task_id: str) -> str:
         return f"{PREFIX}{execution_id}:{task_id}"
 
-    def put(self, execution_id: str, task_id: str, mark: Mark) -> bool:
-        try:
-            self._redis().set(self._key(execution_id, task_id), _encode(mark), ex=self.ttl)
-            return True
+    def swap(self, execution_id: str, task_id: str, mark: Mark) -> tuple[bool, Mark | None]:
+        key = self._key(execution_id, task_id)
+        try:  # SET ... GET: Redis 6.2 or later
+            raw = self._redis().set(key, _encode(mark), ex=self.ttl, get=True)
         except redis.RedisError as exc:
             log.warning("could not mark a held claim: %s", exc)
-            return False
+            return False, None
+        return True, _decode(raw) if isinstance(raw, bytes | str) else None
 
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         try:
@@ -109,10 +118,13 @@ class MemoryMarks:
 
     def __init__(self) -> None:
         self._marks: dict[tuple[str, str], Mark] = {}
+        self._lock = threading.Lock()  # the embedded worker's threads share these marks
 
-    def put(self, execution_id: str, task_id: str, mark: Mark) -> bool:
-        self._marks[(execution_id, task_id)] = mark
-        return True
+    def swap(self, execution_id: str, task_id: str, mark: Mark) -> tuple[bool, Mark | None]:
+        with self._lock:
+            before = self._marks.get((execution_id, task_id))
+            self._marks[(execution_id, task_id)] = mark
+        return True, before
 
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         return self._marks.get((execution_id, task_id))

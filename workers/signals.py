@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery, Task, signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
 
-from flowq.coordinator import Coordinator
+from flowq.coordinator import Claim, Coordinator
 from flowq.recovery import Maintenance
 from flowq.store import Store, utcnow
 from workers.app import error_line
-from workers.markers import Mark, Marks
+from workers.markers import Mark
 
 if TYPE_CHECKING:
     from workers.app import Runtime
@@ -45,27 +45,8 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         if ids is None:
             return
         sender.request.flowq_claim = None
-        marks = runtime.marks
-        worker = sender.request.hostname or HOSTNAME
-        redelivered = bool((sender.request.delivery_info or {}).get("redelivered"))
         try:
-            if redelivered and marks is not None:
-                _count_lost_attempt(runtime, marks, ids, task_id)
-            kwargs = sender.request.kwargs or {}
-            claim = runtime.coordinator.claim(
-                ids[0],
-                ids[1],
-                celery_id=task_id,
-                worker=worker,
-                digest=kwargs.get("digest") if isinstance(kwargs.get("digest"), str) else None,
-                # held only where it can be marked; a redelivered message's claim is
-                # committed at once
-                hold=marks is not None and not redelivered,
-            )
-            if claim is not None and claim.held and marks is not None:
-                mark = Mark(task_id, utcnow(), worker)
-                if not marks.put(ids[0], ids[1], mark):
-                    runtime.coordinator.commit_held(ids[0], ids[1])
+            claim = claim_message(runtime, sender.request, ids, task_id)
         except Exception:
             log.exception("could not claim %s/%s; leaving it for recovery", *ids)
             return
@@ -151,16 +132,59 @@ def _lost_line(exc: BaseException) -> str:
     return error_line(exc)
 
 
-def _count_lost_attempt(runtime: Runtime, marks: Marks, ids: tuple[str, str], msg: str) -> None:
-    """A redelivered message whose held claim's mark is left: its earlier run died before the
-    claim was committed. Record that attempt, then forget the mark."""
-    mark = marks.get(*ids)
-    if mark is None or mark.celery_id != msg:
-        return
-    runtime.coordinator.record_lost_claim(
-        ids[0], ids[1], started=mark.started, celery_id=mark.celery_id, worker=mark.worker
+def claim_message(runtime: Runtime, request: Any, ids: tuple[str, str], msg: str) -> Claim | None:
+    """Claim the message's task, held where it can be marked.
+
+    A held claim is marked with ``SET ... GET``: a mark of the same attempt number in the
+    reply was left by an attempt whose claim was rolled back with its dead process (see
+    ``workers.markers``). Then this claim is rolled back too, that attempt is recorded, and
+    the task is claimed again under the next number. A claim that is not held (a redelivered
+    message, a task that cannot be held) reads the mark first and records such an attempt.
+    """
+    coordinator, marks = runtime.coordinator, runtime.marks
+    worker = request.hostname or HOSTNAME
+    digest = (request.kwargs or {}).get("digest")
+    digest = digest if isinstance(digest, str) else None
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
+    hold = (
+        marks is not None
+        and not redelivered  # its earlier run may have died: claimed and committed at once
+        and coordinator.may_hold(ids[0], ids[1], digest)
     )
-    marks.clear(*ids)
+    if marks is not None and not hold:
+        _record_lost_attempt(coordinator, ids, marks.get(*ids))
+    for _ in range(2):  # a second time only after recording a lost attempt
+        claim = coordinator.claim(
+            ids[0], ids[1], celery_id=msg, worker=worker, digest=digest, hold=hold
+        )
+        if claim is None or not claim.held or marks is None:
+            return claim
+        written, before = marks.swap(ids[0], ids[1], Mark(msg, utcnow(), worker, claim.attempt))
+        if not written:
+            coordinator.commit_held(ids[0], ids[1])
+            return claim
+        if before is None or before.attempt != claim.attempt:
+            return claim
+        coordinator.drop_held(ids[0], ids[1])
+        _record_lost_attempt(coordinator, ids, before)
+    return claim
+
+
+def _record_lost_attempt(coordinator: Coordinator, ids: tuple[str, str], mark: Mark | None) -> None:
+    """Record the attempt of a mark found left, if it died uncounted (``record_lost_claim``
+    checks that). The mark stays until it expires: a later claim's number is past it."""
+    if mark is None or mark.attempt is None:
+        return
+    recorded = coordinator.record_lost_claim(
+        ids[0],
+        ids[1],
+        started=mark.started,
+        celery_id=mark.celery_id,
+        worker=mark.worker,
+        attempt=mark.attempt,
+    )
+    if recorded:
+        log.warning("%s/%s: attempt %d died before its claim was committed", *ids, mark.attempt)
 
 
 def _clear_mark(runtime: Runtime, request: Any, ids: tuple[str, str]) -> None:

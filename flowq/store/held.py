@@ -1,5 +1,5 @@
-"""Held claims (opt-in, ``FLOWQ_CLAIM_HOLD_SECONDS``): a short task's claim and success in one
-commit.
+"""Held claims (``FLOWQ_CLAIM_HOLD_SECONDS``, default 0.1 s): a short task's claim and success
+in one commit.
 
 A worker's claim and a task's success are one statement each (``flowq.store.hotpath``). Sent
 on a connection in pipeline mode, statements between two Syncs form one implicit transaction,
@@ -11,8 +11,8 @@ A claim left open longer than ``hold`` seconds is committed by a timer thread, s
 task shows as `running` within 1.5 x ``hold``; a failure, a retry, or an end that needs the
 coordinator's transactional path commits it first (``HeldClaim.commit``). If the process dies
 before the commit, Postgres rolls the claim back and the task is `queued` again; the worker
-marks each held claim outside the store (``workers.markers``) so that the redelivered message
-records the lost attempt (``Coordinator.record_lost_claim``).
+marks each held claim outside the store (``workers.markers``) so that the next claim of the
+task, from whichever message, records the lost attempt (``Coordinator.record_lost_claim``).
 """
 
 from __future__ import annotations
@@ -146,6 +146,14 @@ class Holder:
             finally:
                 held.open = False
                 tx.close()
+
+    def abandon(self, held: HeldClaim) -> None:
+        """Roll a claim that is still open back (its connection is closed; the next claim on
+        this thread opens another)."""
+        with held.lock:
+            if held.open:
+                held.open = False
+                self._drop(held.conn)
 
     # -- connections -----------------------------------------------------------------------------
     def _connection(self) -> tuple[hotpath.Raw, psycopg.Pipeline]:

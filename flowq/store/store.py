@@ -353,18 +353,29 @@ class Tx:
         self.record(execution_id, task_id, expected, to, reason)
         return True
 
-    def claim(self, execution_id: str, task_id: str, expected: str, **values: Any) -> int | None:
+    def claim(
+        self,
+        execution_id: str,
+        task_id: str,
+        expected: str,
+        *,
+        attempts: int | None = None,
+        **values: Any,
+    ) -> int | None:
         """Compare-and-set ``expected`` → running while the execution runs; the new attempt no.
 
         One statement: the attempt counter is incremented and read back by the same UPDATE.
+        ``attempts``: claim only if that many attempts were counted so far.
         """
         c = t.task_runs.c
+        counted = [] if attempts is None else [c.attempts == attempts]
         row = self.conn.execute(
             t.task_runs.update()
             .where(
                 c.execution_id == execution_id,
                 c.task_id == task_id,
                 c.state == expected,
+                *counted,
                 sa.exists().where(
                     t.executions.c.id == execution_id, t.executions.c.state == "running"
                 ),
@@ -424,7 +435,7 @@ class Tx:
             return hotpath.claim_queued(
                 self.raw, self.now, execution_id, task_id, ids, celery_id, worker, with_meta
             )
-        values = {"started_at": self.now, "celery_id": celery_id, "worker": worker}
+        values: dict[str, Any] = {"started_at": self.now, "celery_id": celery_id, "worker": worker}
         attempt = self.claim(execution_id, task_id, "queued", **values)
         if attempt is None:
             return None

@@ -115,7 +115,8 @@ def kill_pool_child_mid_task(
 def test_pool_child_killed_mid_task_is_redelivered(
     cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
 ) -> None:
-    start(cluster, dedicated, "child_victim")
+    # claims committed at once: the redelivered message finds its task `running`
+    start(cluster, dedicated, "child_victim", env={"FLOWQ_CLAIM_HOLD_SECONDS": "0"})
     kill_pool_child_mid_task(client, tmp_path, "k_child", running="running")
 
 
@@ -131,6 +132,38 @@ def test_an_attempt_killed_before_its_held_claim_was_committed_is_counted(
     lost = [h for h in history if h["task_id"] == "work" and h["to"] == "queued"
             and h["from"] == "running"]  # fmt: skip
     assert len(lost) == 1 and "before its claim was committed" in lost[0]["reason"]
+
+
+def test_an_attempt_killed_holding_is_counted_when_a_duplicate_runs_first(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    # the whole worker dies while its claim is held: its message waits for Redis' visibility
+    # timeout (an hour), so the rescuer's recovery republishes the task (queued for 3 s) and
+    # that duplicate, another message id, claims it first, under the dead attempt's number
+    held = {"FLOWQ_CLAIM_HOLD_SECONDS": "60"}
+    victim = start(
+        cluster, dedicated, "dup_victim", env={**held, "FLOWQ_REDISPATCH_SECONDS": "600"}
+    )
+    pidfile = tmp_path / "pid"
+    wf = Workflow.from_dict({"id": "k_dup", "tasks": [
+        task("work", "pid_then_sleep", params={"pidfile": str(pidfile), "seconds": 2},
+             retries=1)]})  # fmt: skip
+    client.register(wf, replace=True)
+    eid = client.start("k_dup", {})
+    wait_for(lambda: pidfile.exists(), what="the task to start")
+    assert client.status(eid)["tasks"]["work"]["state"] == "queued"  # its claim is held
+    first_pid = int(pidfile.read_text())
+    os.killpg(victim.pid, signal.SIGKILL)
+    start(cluster, dedicated, "dup_rescuer", env=held)
+    doc = client.wait(eid, timeout=60)
+    assert doc["state"] == "completed"
+    assert doc["tasks"]["work"]["attempts"] == 2
+    assert doc["tasks"]["work"]["result"]["pid"] != first_pid
+    history = client.history(eid)
+    assert_legal_history(history)
+    lost = [h for h in history if h["task_id"] == "work" and h["to"] == "queued"
+            and h["from"] == "running"]  # fmt: skip
+    assert len(lost) == 1 and "attempt 1, before its claim was committed" in lost[0]["reason"]
 
 
 def test_poison_task_fails_after_its_attempts(
