@@ -152,7 +152,15 @@ class TaskBase(_Strict):
         return self.name or self.id
 
     def spec(self) -> dict[str, Any]:
-        """This task as a user would write it (``json``, not ``json_``), without None values."""
+        """This task as a user would write it (``json``, not ``json_``), without None values.
+
+        A new dict each call over values dumped once (the model is frozen): replace a key's
+        value rather than change it in place (``render`` builds new containers).
+        """
+        return dict(self._spec)
+
+    @cached_property
+    def _spec(self) -> dict[str, Any]:
         dumped = self.model_dump(mode="json", by_alias=True)
         return {key: value for key, value in dumped.items() if value is not None}
 

@@ -65,6 +65,7 @@ def claim_hold_seconds() -> float:
 
 
 EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
+JSON_SCALARS = (str, int, float, bool)  # results stored as they are, no check needed
 
 
 def celery_priority(priority: int) -> int:
@@ -164,14 +165,12 @@ class CeleryDispatcher:
         task = self.app.tasks[TASK_NAME]
         with self.app.producer_or_acquire() as producer:
             for d in items:
+                ids = {"execution_id": d.execution_id, "task_id": d.task_id}
                 task.apply_async(
-                    kwargs={
-                        "execution_id": d.execution_id,
-                        "task_id": d.task_id,
-                        "workflow_id": d.workflow_id,
-                        "version": d.version,
-                        "digest": d.digest,
-                    },
+                    kwargs={**ids, "digest": d.digest},  # the digest names the definition
+                    # what Flower and the logs show: the workflow, not the digest; a plain
+                    # repr (Celery's default saferepr costs more than the rest of the message)
+                    kwargsrepr=repr({**ids, "workflow_id": d.workflow_id}),
                     task_id=str(uuid.uuid4()),
                     queue=self.only_queue or d.queue,
                     priority=celery_priority(d.priority),
@@ -275,6 +274,8 @@ def _attempt(claim: Claim) -> Any:
         result = call_with_timeout(handler_for(spec_task.type), spec, ctx, spec_task.timeout)
     except SoftTimeLimitExceeded as exc:
         raise _timed_out(spec_task.timeout or 0) from exc
+    if result is None or type(result) in JSON_SCALARS:
+        return result
     try:
         json.dumps(result)
     except (TypeError, ValueError) as exc:

@@ -13,6 +13,10 @@ attempt ran and died, and the coordinator records it (``Coordinator.record_lost_
 the task runs again. A held claim finds the mark in the reply to its own ``SET``; a claim that
 is not held reads it first (``GET``), whichever message it came from (the crashed one
 redelivered, a republished duplicate, a resume).
+
+The mark of a task that succeeded is deleted with the process's next ``SET`` (one round trip
+for both): a mark whose claim was committed is harmless, since every later claim's number is
+past it, so deleting it late only saves Redis memory.
 """
 
 from __future__ import annotations
@@ -23,12 +27,13 @@ import os
 import threading
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 
 log = logging.getLogger("flowq.worker")
 PREFIX = "flowq:held:"
+MAX_LATER = 32  # marks left to delete with the next SET; more are deleted at once
 
 
 @dataclass(frozen=True)
@@ -50,8 +55,13 @@ class Marks(Protocol):
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         """The mark of the task's held claim, if one is left."""
 
-    def clear(self, execution_id: str, task_id: str) -> None:
-        """Forget the mark (its claim is committed)."""
+    def clear(self, execution_id: str, task_id: str, *, later: bool = False) -> None:
+        """Forget the mark (its claim is committed); ``later``: with the next mark written.
+
+        Only a task that succeeded may leave its mark for later: nothing claims it again, so
+        the key cannot hold another claim's mark by then (and a mark whose attempt was
+        committed misleads no claim anyway).
+        """
 
 
 def _encode(mark: Mark) -> str:
@@ -68,22 +78,41 @@ def _decode(raw: bytes | str) -> Mark | None:
 
 
 class RedisMarks:
-    """Marks on the broker's Redis server (``distributed``)."""
+    """Marks on the broker's Redis server (``distributed``).
+
+    Each call is one round trip on one connection of this process's own, its commands packed
+    and sent in one write: no pool, no pipeline object, no health check (this runs once per
+    task; a broken connection is made again once, then the error is the caller's).
+    """
 
     def __init__(self, url: str, ttl: float) -> None:
         self.url = url
         self.ttl = int(ttl)
-        self._client: redis.Redis | None = None
+        self._conn: Any = None  # a redis.connection.AbstractConnection (untyped calls)
         self._pid = 0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # one call at a time on the connection
+        self._later: list[str] = []  # keys to delete with the next SET (``clear(later=True)``)
 
-    def _redis(self) -> redis.Redis:
-        if self._client is None or self._pid != os.getpid():  # not a parent's connections
-            with self._lock:
-                if self._client is None or self._pid != os.getpid():
-                    self._client = redis.Redis.from_url(self.url, socket_timeout=5)
-                    self._pid = os.getpid()
-        return self._client
+    def _call(self, *commands: tuple[Any, ...]) -> list[Any]:
+        """Send ``commands`` and return their replies; a Redis error in one of them raises."""
+        with self._lock:
+            for retry in (False, True):
+                conn = self._conn
+                if conn is None or self._pid != os.getpid():  # not a parent's socket
+                    pool = redis.ConnectionPool.from_url(self.url, socket_timeout=5)
+                    conn = pool.make_connection()
+                    self._conn, self._pid = conn, os.getpid()
+                try:
+                    conn.send_packed_command(conn.pack_commands(commands), check_health=False)
+                    return [conn.read_response() for _ in commands]
+                except (redis.ConnectionError, redis.TimeoutError, OSError):
+                    conn.disconnect()  # connects again on the next send
+                    if retry:
+                        raise
+                except BaseException:
+                    conn.disconnect()  # replies may be left unread: start afresh
+                    raise
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _key(execution_id: str, task_id: str) -> str:
@@ -91,25 +120,37 @@ class RedisMarks:
 
     def swap(self, execution_id: str, task_id: str, mark: Mark) -> tuple[bool, Mark | None]:
         key = self._key(execution_id, task_id)
-        try:  # SET ... GET: Redis 6.2 or later
-            raw = self._redis().set(key, _encode(mark), ex=self.ttl, get=True)
-        except redis.RedisError as exc:
+        with self._lock:
+            later, self._later = self._later, []
+        # SET ... GET: Redis 6.2 or later; the marks of succeeded tasks go in the same write
+        commands: list[tuple[Any, ...]] = [("DEL", *later)] if later else []
+        commands.append(("SET", key, _encode(mark), "EX", self.ttl, "GET"))
+        try:
+            raw = self._call(*commands)[-1]
+        except (redis.RedisError, OSError) as exc:
             log.warning("could not mark a held claim: %s", exc)
             return False, None
         return True, _decode(raw) if isinstance(raw, bytes | str) else None
 
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         try:
-            raw = self._redis().get(self._key(execution_id, task_id))
-        except redis.RedisError as exc:
+            (raw,) = self._call(("GET", self._key(execution_id, task_id)))
+        except (redis.RedisError, OSError) as exc:
             log.warning("could not read the mark of a held claim: %s", exc)
             return None
-        return None if raw is None else _decode(raw)
+        return _decode(raw) if isinstance(raw, bytes | str) else None
 
-    def clear(self, execution_id: str, task_id: str) -> None:
+    def clear(self, execution_id: str, task_id: str, *, later: bool = False) -> None:
+        keys = [self._key(execution_id, task_id)]
+        if later:
+            with self._lock:
+                self._later += keys
+                if len(self._later) < MAX_LATER:
+                    return
+                keys, self._later = self._later, []
         try:
-            self._redis().delete(self._key(execution_id, task_id))
-        except redis.RedisError as exc:  # the mark expires by itself
+            self._call(("DEL", *keys))
+        except (redis.RedisError, OSError) as exc:  # the mark expires by itself
             log.warning("could not clear the mark of a held claim: %s", exc)
 
 
@@ -129,5 +170,5 @@ class MemoryMarks:
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         return self._marks.get((execution_id, task_id))
 
-    def clear(self, execution_id: str, task_id: str) -> None:
+    def clear(self, execution_id: str, task_id: str, *, later: bool = False) -> None:
         self._marks.pop((execution_id, task_id), None)

@@ -58,7 +58,7 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         ids = _ids(sender.request)
         if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
             _record(runtime, "succeeded", ids, lambda c: c.succeeded(ids[0], ids[1], result))
-            _clear_mark(runtime, sender.request, ids)
+            _clear_mark(runtime, sender.request, ids, later=True)
 
     def on_failure(sender: Task, exception: BaseException, **info: Any) -> None:
         ids = _ids(sender.request)
@@ -187,11 +187,12 @@ def _record_lost_attempt(coordinator: Coordinator, ids: tuple[str, str], mark: M
         log.warning("%s/%s: attempt %d died before its claim was committed", *ids, mark.attempt)
 
 
-def _clear_mark(runtime: Runtime, request: Any, ids: tuple[str, str]) -> None:
-    """The claim is committed now (with the task's end, or by `retrying`): drop its mark."""
+def _clear_mark(runtime: Runtime, request: Any, ids: tuple[str, str], later: bool = False) -> None:
+    """The claim is committed now (with the task's end, or by `retrying`): drop its mark
+    (``later``, with the next one written, after a success)."""
     claim = getattr(request, "flowq_claim", None)
     if runtime.marks is not None and claim is not None and claim.held:
-        runtime.marks.clear(*ids)
+        runtime.marks.clear(*ids, later=later)
 
 
 def _record(runtime: Runtime, what: str, ids: tuple[str, str], fn: Any) -> None:

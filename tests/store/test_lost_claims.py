@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +21,7 @@ from flowq.coordinator import Claim, Coordinator, Dispatch
 from flowq.store import Store, Tx
 from tests.store.conftest import empty_postgres_store
 from tests.store.test_fast_success import history
-from workers.markers import Marks, RedisMarks
+from workers.markers import Mark, Marks, RedisMarks
 from workers.signals import claim_message
 
 pytestmark = pytest.mark.integration
@@ -173,3 +174,43 @@ def test_an_attempt_counted_already_is_not_counted_again(
     assert (state, attempts) == ("succeeded", 2)
     assert not [s for s in steps if "before its claim" in s[2]]
     b.close()
+
+
+def test_a_succeeded_tasks_mark_goes_with_the_next_mark_written(redis_url: str) -> None:
+    import redis
+
+    from workers.markers import MAX_LATER, PREFIX
+
+    marks = RedisMarks(redis_url, ttl=60)
+    server = redis.Redis.from_url(redis_url)
+    now = datetime.now(UTC)
+    assert marks.swap("e", "a", Mark("m-a", now, "w", 1)) == (True, None)
+    marks.clear("e", "a", later=True)
+    assert server.exists(f"{PREFIX}e:a")  # left for the next SET
+    written, before = marks.swap("e", "b", Mark("m-b", now, "w", 1))
+    assert written and before is None
+    assert not server.exists(f"{PREFIX}e:a") and server.exists(f"{PREFIX}e:b")
+    marks.clear("e", "b")  # after a failure or a retry: at once
+    assert not server.exists(f"{PREFIX}e:b")
+    for i in range(MAX_LATER):  # a process that claims nothing more keeps only so many
+        marks.swap("e", f"t{i}", Mark("m", now, "w", 1))
+    for i in range(MAX_LATER):
+        marks.clear("e", f"t{i}", later=True)
+    assert not server.keys(f"{PREFIX}e:t*")
+
+
+def test_marks_outlive_a_dropped_connection_and_a_refused_command(redis_url: str) -> None:
+    import redis
+
+    marks = RedisMarks(redis_url, ttl=60)
+    server = redis.Redis.from_url(redis_url)
+    now = datetime.now(UTC)
+    assert marks.swap("e", "a", Mark("m-1", now, "w", 1)) == (True, None)
+    (client_id,) = marks._call(("CLIENT", "ID"))
+    server.client_kill_filter(_id=client_id)  # the server closes the marks' connection
+    written, before = marks.swap("e", "a", Mark("m-2", now, "w", 2))
+    assert written and before is not None and before.attempt == 1  # connected again
+    with pytest.raises(redis.ResponseError):  # refused: the connection is made afresh
+        marks._call(("DEL", "k"), ("NO-SUCH-COMMAND",), ("GET", "k"))
+    got = marks.get("e", "a")
+    assert got is not None and (got.celery_id, got.attempt) == ("m-2", 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 from flowq.context import TaskContext
@@ -13,6 +14,7 @@ Handler = Callable[[Mapping[str, Any], TaskContext], Any]
 TYPES = ("python", "http", "sql", "file")
 
 
+@cache
 def handler_for(task_type: str) -> Handler:
     """The ``execute`` function of a task type's handler module."""
     if task_type not in TYPES:
