@@ -155,6 +155,26 @@ class _Step:
     dispatch: list[Dispatch] = field(default_factory=list)
 
 
+def _cancel_task(tx: Tx, execution_id: str, row: Any) -> Any | None:
+    """Cancel one task as the cancel read it, or as it became meanwhile; the row cancelled
+    (its state before), or None if it had ended.
+
+    A compare-and-set that misses means the row moved after it was read: a claim held open
+    (``flowq.store.held``) read `queued` commits while the cancel waits on its row lock, and
+    the task is `running` now, to be cancelled and revoked as such.
+    """
+    for _ in range(len(S.TASK_STATES)):  # each miss is a move forward: bounded
+        if row is None or row.state in S.TASK_TERMINAL:
+            return None
+        if tx.cas_task(
+            execution_id, row.task_id, row.state, S.CANCELLED, "execution cancelled",
+            finished_at=tx.now,
+        ):  # fmt: skip
+            return row
+        row = tx.task(execution_id, row.task_id)
+    raise RuntimeError(f"task {row.task_id} of {execution_id} kept changing under a cancel")
+
+
 class Coordinator:
     """Drives executions through their states; shared by the client, the CLI and the workers."""
 
@@ -943,19 +963,11 @@ class Coordinator:
             revoke: list[str] = []
             settled = 0
             for row in tx.tasks(execution_id):
-                if row.state in S.TASK_TERMINAL:
-                    continue
-                if tx.cas_task(
-                    execution_id,
-                    row.task_id,
-                    row.state,
-                    S.CANCELLED,
-                    "execution cancelled",
-                    finished_at=tx.now,
-                ):
+                cancelled = _cancel_task(tx, execution_id, row)
+                if cancelled is not None:
                     settled += 1
-                    if row.state == S.RUNNING and row.celery_id:
-                        revoke.append(row.celery_id)
+                    if cancelled.state == S.RUNNING and cancelled.celery_id:
+                        revoke.append(cancelled.celery_id)
             tx.settle_count(execution_id, settled)
             return revoke
 

@@ -214,3 +214,29 @@ def test_marks_outlive_a_dropped_connection_and_a_refused_command(redis_url: str
         marks._call(("DEL", "k"), ("NO-SUCH-COMMAND",), ("GET", "k"))
     got = marks.get("e", "a")
     assert got is not None and (got.celery_id, got.attempt) == ("m-2", 2)
+
+
+def test_a_cancel_waiting_on_a_held_claim_cancels_the_task_it_became(
+    store: Store, marks: Marks
+) -> None:
+    # the cancel reads the task `queued` (its claim is held, uncommitted), then waits on the
+    # row lock while the claim commits: it must cancel the `running` task and revoke its
+    # message, not skip it
+    import threading
+    import time
+
+    a, sent = worker(store)
+    d = start(a, sent)
+    claim = message(SimpleNamespace(coordinator=a, marks=marks), d, msg="m-1")
+    assert claim is not None and claim.held
+    revoked: list[str] = []
+    sent.revoke = revoked.extend  # type: ignore[method-assign]
+    cancel = threading.Thread(target=a.cancel, args=(d.execution_id,))
+    cancel.start()
+    time.sleep(0.5)  # the cancel is waiting on the task's row lock
+    assert cancel.is_alive()
+    a.commit_held(d.execution_id, "a")
+    cancel.join(10)
+    assert task_a(store, d.execution_id)[:2] == ("cancelled", 1)
+    assert revoked == ["m-1"]
+    a.close()
