@@ -13,6 +13,7 @@ import redis
 
 from bench import marks, report
 from bench.counters import PgCommits, measure_floor
+from bench.cpu import CpuMeter
 from bench.env import ROOT, Env
 from bench.plan import MODES, Mode, Runner
 from bench.sides import FlowqSide, PlainSide
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"Postgres INSERT + COMMIT {1000 * floor.pg_commit:.3f} ms",
                 flush=True,
             )
-            runner = Runner(flowq, celery, PgCommits(env.admin, env.db_name), mode)
+            cpu = CpuMeter(env.admin, env.db_name, env.broker_pid, env.worker_pids)
+            runner = Runner(flowq, celery, PgCommits(env.admin, env.db_name), mode, cpu)
             runner.warm_up()
             idle = runner.idle_commits(IDLE_SECONDS)
             sections, latency = runner.run(only)

@@ -159,10 +159,13 @@ class Env:
         self.worker_env = dict(worker_env or {})
         self.workdir = Path(tempfile.mkdtemp(prefix="flowq-bench-"))
         self._servers: list[RedisServer] = []
+        self.broker_pid: int | None = None  # the private broker's redis-server, if ours
         self.db_name = f"flowq_bench_{uuid.uuid4().hex[:8]}"
         self.admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
         self.database_url = admin_url.rsplit("/", 1)[0] + f"/{self.db_name}"
         self.broker_server = (redis_url or self._private("broker")).rstrip("/")
+        if redis_url is None:
+            self.broker_pid = self._servers[0].proc.pid
         self.marks_url = self._private("marks") + "/0"
         self.flowq_broker = f"{self.broker_server}/{DBS[0]}"
         self.plain_broker = f"{self.broker_server}/{DBS[1]}"
@@ -231,6 +234,11 @@ class Env:
             )
             if not self.keep:
                 conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{self.db_name}"')
+
+    def worker_pids(self, side: str) -> list[int]:
+        """The worker (main) processes of ``side`` ("flowq" or "celery")."""
+        workers = self.flowq if side == "flowq" else self.plain
+        return [p.pid for p in workers.procs] if workers is not None else []
 
     def reset_plain(self) -> None:
         """Drop whatever a timed-out plain run left queued or running, and restart its workers."""

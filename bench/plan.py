@@ -13,6 +13,7 @@ from celery.canvas import Signature
 
 from bench import shapes
 from bench.counters import PgCommits
+from bench.cpu import CpuMeter, Snapshot
 from bench.sides import FlowqSide, Outcome, PlainSide
 
 Canvas = Callable[[Celery, str], Signature]
@@ -59,6 +60,7 @@ class Section:
     untimed_tasks: int = 0  # the reconnecting run after the counters were settled
     window: float = 0.0  # seconds between the settled commit counts
     problems: list[str] = field(default_factory=list)
+    cpu: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # side -> per run
 
     @property
     def flowq_tasks(self) -> int:
@@ -82,8 +84,15 @@ class Latency:
 class Runner:
     """Runs sections against one environment, keeping flowq's commit counts per section."""
 
-    def __init__(self, flowq: FlowqSide, celery: PlainSide, pg: PgCommits, mode: Mode) -> None:
-        self.flowq, self.celery, self.pg, self.mode = flowq, celery, pg, mode
+    def __init__(
+        self,
+        flowq: FlowqSide,
+        celery: PlainSide,
+        pg: PgCommits,
+        mode: Mode,
+        cpu: CpuMeter | None = None,
+    ) -> None:
+        self.flowq, self.celery, self.pg, self.mode, self.cpu = flowq, celery, pg, mode, cpu
         self._reconnect_id = flowq.register(shapes.fan_in_def(RECONNECT_TASKS - 1))
 
     def _settled(self) -> int:
@@ -115,6 +124,7 @@ class Runner:
         polls = self.flowq.polls
         section.untimed_tasks = self._reconnect()
         for i in range(case.repeats):
+            cpu = self._cpu_before("flowq")
             a = self.flowq.run(
                 workflow_id,
                 tasks,
@@ -123,10 +133,13 @@ class Runner:
                 extra=case.extra,
             )
             section.flowq.append(a)
+            self._cpu_after(section, "flowq", cpu, a)
             _say(case.key, i, "flowq", a)
             if case.canvas is not None and section.plain_cap is None:
+                cpu = self._cpu_before("celery")
                 b = self.celery.run(case.canvas, tasks, timeout=self.mode.plain_timeout)
                 section.plain.append(b)
+                self._cpu_after(section, "celery", cpu, b)
                 _say(case.key, i, "celery", b)
                 if b.seconds is None:
                     section.plain_cap = self.mode.plain_timeout
@@ -136,6 +149,16 @@ class Runner:
         if self.pg.server_started() != booted:
             section.problems.append(f"{case.key}: Postgres restarted meanwhile; commits uncertain")
         return section
+
+    def _cpu_before(self, side: str) -> Snapshot:
+        return self.cpu.take(side) if self.cpu is not None else {}
+
+    def _cpu_after(self, section: Section, side: str, before: Snapshot, out: Outcome) -> None:
+        """Keep the run's CPU per task by process class (timed-out runs are left out)."""
+        if self.cpu is not None and out.seconds is not None:
+            used = self.cpu.since(before, side, out.tasks)
+            if used:
+                section.cpu.setdefault(side, []).append(used)
 
     def latency(self) -> Latency:
         """Start latency, one flowq start then one plain ``apply_async``, ``starts`` times."""

@@ -14,6 +14,7 @@ import redis
 import sqlalchemy as sa
 
 from bench.counters import Floor, RedisCounts
+from bench.cpu import ROLES
 from bench.env import ROOT
 from bench.plan import Latency, Section
 from bench.stats import median, percentile, spread
@@ -201,6 +202,41 @@ def breakdown(sections: list[Section]) -> list[str]:
     return lines
 
 
+def cpu_lines(sections: list[Section]) -> list[str]:
+    """CPU milliseconds per task by process class, the median of each side's runs."""
+    rows = []
+    for s in sections:
+        for side in ("flowq", "celery"):
+            runs = s.cpu.get(side, [])
+            if not runs:
+                continue
+            cells = []
+            for role in ROLES:
+                values = [r[role] for r in runs if role in r]
+                cells.append(f"{median(values):.2f}" if values else "—")
+            total = median([sum(r.values()) for r in runs])
+            rows.append(f"| {s.key} | {side} | {' | '.join(cells)} | {total:.2f} |")
+    if not rows:
+        return []
+    head = " | ".join(ROLE_NAMES[r] for r in ROLES)
+    return [
+        "CPU milliseconds per task by process (`/proc`, median of the runs; bench/cpu.py):",
+        "",
+        f"| shape | side | {head} | all |",
+        "|---|---|" + "--:|" * (len(ROLES) + 1),
+        *rows,
+    ]
+
+
+ROLE_NAMES = {
+    "main": "worker main",
+    "pool": "pool children",
+    "postgres": "Postgres",
+    "redis": "Redis",
+    "producer": "producer",
+}
+
+
 def _first(cmd: list[str]) -> str:
     try:
         return subprocess.run(cmd, capture_output=True, text=True, check=False).stdout.strip()
@@ -282,6 +318,9 @@ def render(r: Record) -> str:
         *table(r.sections, f, r.idle_commits),
         "",
     ]
+    cpu = cpu_lines(r.sections)
+    if cpu:
+        lines += [*cpu, ""]
     if r.latency.flowq:
         lines += ["Start latency, from the start call to the first task's body:", ""]
         lines += [*latency_lines(r.latency), ""]

@@ -138,8 +138,9 @@ def claim_message(runtime: Runtime, request: Any, ids: tuple[str, str], msg: str
     A held claim is marked with ``SET ... GET``: a mark of the same attempt number in the
     reply was left by an attempt whose claim was rolled back with its dead process (see
     ``workers.markers``). Then this claim is rolled back too, that attempt is recorded, and
-    the task is claimed again under the next number. A claim that is not held (a redelivered
-    message, a task that cannot be held) reads the mark first and records such an attempt.
+    the task is claimed again under the next number, committed at once. A claim that is not
+    held (a redelivered message, a task that cannot be held) reads the mark first and records
+    such an attempt.
     """
     coordinator, marks = runtime.coordinator, runtime.marks
     worker = request.hostname or HOSTNAME
@@ -153,7 +154,7 @@ def claim_message(runtime: Runtime, request: Any, ids: tuple[str, str], msg: str
     )
     if marks is not None and not hold:
         _record_lost_attempt(coordinator, ids, marks.get(*ids))
-    for _ in range(2):  # a second time only after recording a lost attempt
+    for _ in range(2):  # a second time, not held, only after recording a lost attempt
         claim = coordinator.claim(
             ids[0], ids[1], celery_id=msg, worker=worker, digest=digest, hold=hold
         )
@@ -167,6 +168,7 @@ def claim_message(runtime: Runtime, request: Any, ids: tuple[str, str], msg: str
             return claim
         coordinator.drop_held(ids[0], ids[1])
         _record_lost_attempt(coordinator, ids, before)
+        hold = False  # claimed again, committed at once: no mark to compare with
     return claim
 
 

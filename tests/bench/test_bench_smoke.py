@@ -14,7 +14,10 @@ import pytest
 
 from bench import shapes
 from bench.counters import PgCommits, RedisCounts, redis_counts
+from bench.cpu import ROLES, CpuMeter
 from bench.env import Env
+from bench.plan import Section
+from bench.report import cpu_lines
 from bench.sides import FlowqSide
 from tests.conftest import IN_CI, PG_ADMIN_URL, require_service
 
@@ -86,3 +89,27 @@ def test_counters_per_task_stay_within_bounds(
     assert per_task <= COMMITS_PER_TASK, f"{commits} commits for {2 * tasks} tasks"
     commands = broker.commands / (2 * tasks)
     assert commands <= REDIS_COMMANDS_PER_TASK, f"{commands:.2f} per task: {broker.calls}"
+
+
+def test_cpu_is_split_by_process_class(side: FlowqSide) -> None:
+    env = side.env
+    meter = CpuMeter(env.admin, env.db_name, env.broker_pid, env.worker_pids)
+    if not meter.available:
+        pytest.skip("no /proc: CPU per process is read from it")
+    wide = 300  # /proc counts in clock ticks (10 ms): enough work for every class to show
+    workflow_id = side.register(shapes.fan_in_def(wide))
+    before = meter.take("flowq")
+    out = side.run(workflow_id, wide + 1, timeout=120)
+    assert out.seconds is not None
+    used = meter.since(before, "flowq", out.tasks)
+    assert set(used) == set(ROLES)
+    # every class did work for these tasks: the pool ran them, Postgres recorded them, the
+    # broker carried them, the main process fetched them, the producer started them
+    assert all(used[role] > 0 for role in ROLES), used
+    section = Section("chord 300", "chord", wide, wide + 1, cpu={"flowq": [used, used]})
+    lines = cpu_lines([section])
+    assert lines[2] == (
+        "| shape | side | worker main | pool children | Postgres | Redis | producer | all |"
+    )
+    assert lines[-1].startswith("| chord 300 | flowq | ")
+    assert lines[-1].endswith(f" | {sum(used.values()):.2f} |")

@@ -114,6 +114,8 @@ def test_a_duplicate_message_counts_the_attempt_that_died_holding(
     assert task_a(store, d.execution_id)[:2] == ("queued", 0)
     second = message(SimpleNamespace(coordinator=b, marks=marks), d)
     assert second is not None and second.attempt == 2
+    assert not second.held  # claimed again and committed: the store shows it
+    assert task_a(store, d.execution_id)[:2] == ("running", 2)
     assert b.succeeded(d.execution_id, "a", {"ok": True})
     state, attempts, steps = task_a(store, d.execution_id)
     assert (state, attempts) == ("succeeded", 2)
