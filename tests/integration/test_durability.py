@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +84,16 @@ def test_worker_killed_mid_task_runs_again_elsewhere(
     assert lost and "lost" in lost[0]["reason"]
 
 
-def kill_pool_child_mid_task(
-    client: Client, tmp_path: Path, workflow_id: str, running: str
+def kill_mid_task(
+    client: Client,
+    tmp_path: Path,
+    workflow_id: str,
+    running: str,
+    kill: Callable[[int], None] = lambda pid: os.kill(pid, signal.SIGKILL),
 ) -> list[dict[str, Any]]:
-    """Run a task that sleeps, SIGKILL its pool process once it started, wait for the end:
-    the task completed on its second attempt in another process. The history is returned.
+    """Run a task that sleeps, ``kill`` (by default: SIGKILL its pool process, given its pid)
+    once it started, wait for the end: the task completed on its second attempt in another
+    process. The history is returned.
 
     ``running``: the task's state the store shows while it sleeps (`queued` while its claim is
     held).
@@ -102,7 +107,7 @@ def kill_pool_child_mid_task(
     wait_for(lambda: pidfile.exists(), what="the task to start")
     assert client.status(eid)["tasks"]["work"]["state"] == running
     first_pid = int(pidfile.read_text())
-    os.kill(first_pid, signal.SIGKILL)
+    kill(first_pid)
     doc = client.wait(eid, timeout=60)
     assert doc["state"] == "completed"
     assert doc["tasks"]["work"]["attempts"] == 2
@@ -112,12 +117,18 @@ def kill_pool_child_mid_task(
     return history
 
 
+def lost_before_commit(history: list[dict[str, Any]]) -> list[str]:
+    """The reasons of the task's running -> queued steps."""
+    return [h["reason"] for h in history if h["task_id"] == "work" and h["to"] == "queued"
+            and h["from"] == "running"]  # fmt: skip
+
+
 def test_pool_child_killed_mid_task_is_redelivered(
     cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
 ) -> None:
     # claims committed at once: the redelivered message finds its task `running`
     start(cluster, dedicated, "child_victim", env={"FLOWQ_CLAIM_HOLD_SECONDS": "0"})
-    kill_pool_child_mid_task(client, tmp_path, "k_child", running="running")
+    kill_mid_task(client, tmp_path, "k_child", running="running")
 
 
 def test_an_attempt_killed_before_its_held_claim_was_committed_is_counted(
@@ -128,10 +139,9 @@ def test_an_attempt_killed_before_its_held_claim_was_committed_is_counted(
     # no republishing by the reconciler: its duplicate message could run the task first
     held = {"FLOWQ_CLAIM_HOLD_SECONDS": "60", "FLOWQ_REDISPATCH_SECONDS": "600"}
     start(cluster, dedicated, "held_victim", env=held)
-    history = kill_pool_child_mid_task(client, tmp_path, "k_held", running="queued")
-    lost = [h for h in history if h["task_id"] == "work" and h["to"] == "queued"
-            and h["from"] == "running"]  # fmt: skip
-    assert len(lost) == 1 and "before its claim was committed" in lost[0]["reason"]
+    history = kill_mid_task(client, tmp_path, "k_held", running="queued")
+    lost = lost_before_commit(history)
+    assert len(lost) == 1 and "before its claim was committed" in lost[0]
 
 
 def test_an_attempt_killed_holding_is_counted_when_a_duplicate_runs_first(
@@ -141,29 +151,16 @@ def test_an_attempt_killed_holding_is_counted_when_a_duplicate_runs_first(
     # timeout (an hour), so the rescuer's recovery republishes the task (queued for 3 s) and
     # that duplicate, another message id, claims it first, under the dead attempt's number
     held = {"FLOWQ_CLAIM_HOLD_SECONDS": "60"}
-    victim = start(
-        cluster, dedicated, "dup_victim", env={**held, "FLOWQ_REDISPATCH_SECONDS": "600"}
-    )
-    pidfile = tmp_path / "pid"
-    wf = Workflow.from_dict({"id": "k_dup", "tasks": [
-        task("work", "pid_then_sleep", params={"pidfile": str(pidfile), "seconds": 2},
-             retries=1)]})  # fmt: skip
-    client.register(wf, replace=True)
-    eid = client.start("k_dup", {})
-    wait_for(lambda: pidfile.exists(), what="the task to start")
-    assert client.status(eid)["tasks"]["work"]["state"] == "queued"  # its claim is held
-    first_pid = int(pidfile.read_text())
-    os.killpg(victim.pid, signal.SIGKILL)
-    start(cluster, dedicated, "dup_rescuer", env=held)
-    doc = client.wait(eid, timeout=60)
-    assert doc["state"] == "completed"
-    assert doc["tasks"]["work"]["attempts"] == 2
-    assert doc["tasks"]["work"]["result"]["pid"] != first_pid
-    history = client.history(eid)
-    assert_legal_history(history)
-    lost = [h for h in history if h["task_id"] == "work" and h["to"] == "queued"
-            and h["from"] == "running"]  # fmt: skip
-    assert len(lost) == 1 and "attempt 1, before its claim was committed" in lost[0]["reason"]
+    alone = {**held, "FLOWQ_REDISPATCH_SECONDS": "600"}  # the victim republishes nothing
+    victim = start(cluster, dedicated, "dup_victim", env=alone)
+
+    def machine_dies(_: int) -> None:
+        os.killpg(victim.pid, signal.SIGKILL)
+        start(cluster, dedicated, "dup_rescuer", env=held)
+
+    history = kill_mid_task(client, tmp_path, "k_dup", running="queued", kill=machine_dies)
+    lost = lost_before_commit(history)
+    assert len(lost) == 1 and "attempt 1, before its claim was committed" in lost[0]
 
 
 def test_poison_task_fails_after_its_attempts(
