@@ -9,13 +9,14 @@ does when the process is killed; ``tests/integration/test_durability.py`` kills 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
+from bench.store_cost import ListDispatcher
 from flowq import Workflow
 from flowq.coordinator import Claim, Coordinator, Dispatch
 from flowq.store import Store, Tx
@@ -25,19 +26,6 @@ from workers.markers import Mark, Marks, RedisMarks
 from workers.signals import claim_message
 
 pytestmark = pytest.mark.integration
-
-
-class Sent:
-    """The messages a coordinator publishes, kept in a list."""
-
-    def __init__(self) -> None:
-        self.items: list[Dispatch] = []
-
-    def send(self, items: Sequence[Dispatch]) -> None:
-        self.items.extend(items)
-
-    def revoke(self, celery_ids: Sequence[str]) -> None:
-        """Nothing runs here, so nothing to stop."""
 
 
 @pytest.fixture
@@ -52,8 +40,8 @@ def marks(redis_url: str) -> Marks:
     return RedisMarks(redis_url, ttl=60)
 
 
-def worker(store: Store) -> tuple[Coordinator, Sent]:
-    sent = Sent()
+def worker(store: Store) -> tuple[Coordinator, ListDispatcher]:
+    sent = ListDispatcher()
     return Coordinator(Store(store.url), sent, hold=30), sent
 
 
@@ -70,14 +58,14 @@ def message(
     return claim_message(runtime, request, (d.execution_id, d.task_id), celery_id)
 
 
-def start(coordinator: Coordinator, sent: Sent, retries: int = 2) -> Dispatch:
+def start(coordinator: Coordinator, sent: ListDispatcher, retries: int = 2) -> Dispatch:
     wf = Workflow.from_dict({"id": "lost", "tasks": [
         {"id": "a", "type": "python", "handler": "json:dumps", "retries": retries},
         {"id": "b", "type": "python", "handler": "json:dumps", "depends_on": ["a"]}]})  # fmt: skip
     coordinator.register(wf, replace=True)
     coordinator.start("lost")
-    (d,) = sent.items
-    sent.items.clear()
+    (d,) = sent.sent
+    sent.sent.clear()
     return d
 
 
