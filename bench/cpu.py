@@ -42,6 +42,15 @@ def children(pid: int) -> list[int]:
     return out
 
 
+def backends(admin: sa.Engine, db_name: str) -> list[int]:
+    """The pids of the Postgres backends serving database ``db_name``."""
+    with admin.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s", (db_name,)
+        )
+        return [int(r[0]) for r in rows]
+
+
 Snapshot = dict[str, dict[int, float]]  # role -> pid -> CPU seconds
 
 
@@ -58,13 +67,6 @@ class CpuMeter:
     def available(self) -> bool:
         return (PROC / "self" / "stat").exists()
 
-    def _postgres(self) -> list[int]:
-        with self.admin.connect() as conn:
-            rows = conn.exec_driver_sql(
-                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.db_name,)
-            )
-            return [int(r[0]) for r in rows]
-
     def take(self, side: str) -> Snapshot:
         """CPU so far of the side's worker processes, their pools, the producer, the broker,
         and (flowq) the bench database's Postgres backends."""
@@ -78,7 +80,7 @@ class CpuMeter:
             "producer": {0: times.user + times.system},
         }
         if side == "flowq":
-            snap["postgres"] = {p: process_cpu(p) for p in self._postgres()}
+            snap["postgres"] = {p: process_cpu(p) for p in backends(self.admin, self.db_name)}
         if self.broker_pid is not None:
             snap["redis"] = {self.broker_pid: process_cpu(self.broker_pid)}
         return snap

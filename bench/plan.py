@@ -133,14 +133,12 @@ class Runner:
                 extra=case.extra,
             )
             section.flowq.append(a)
-            self._cpu_after(section, "flowq", cpu, a)
-            _say(case.key, i, "flowq", a)
+            _say(case.key, i, "flowq", a, self._cpu_after(section, "flowq", cpu, a))
             if case.canvas is not None and section.plain_cap is None:
                 cpu = self._cpu_before("celery")
                 b = self.celery.run(case.canvas, tasks, timeout=self.mode.plain_timeout)
                 section.plain.append(b)
-                self._cpu_after(section, "celery", cpu, b)
-                _say(case.key, i, "celery", b)
+                _say(case.key, i, "celery", b, self._cpu_after(section, "celery", cpu, b))
                 if b.seconds is None:
                     section.plain_cap = self.mode.plain_timeout
         section.commits = self._settled() - start - (self.flowq.polls - polls)
@@ -153,12 +151,16 @@ class Runner:
     def _cpu_before(self, side: str) -> Snapshot:
         return self.cpu.take(side) if self.cpu is not None else {}
 
-    def _cpu_after(self, section: Section, side: str, before: Snapshot, out: Outcome) -> None:
+    def _cpu_after(
+        self, section: Section, side: str, before: Snapshot, out: Outcome
+    ) -> dict[str, float]:
         """Keep the run's CPU per task by process class (timed-out runs are left out)."""
-        if self.cpu is not None and out.seconds is not None:
-            used = self.cpu.since(before, side, out.tasks)
-            if used:
-                section.cpu.setdefault(side, []).append(used)
+        if self.cpu is None or out.seconds is None:
+            return {}
+        used = self.cpu.since(before, side, out.tasks)
+        if used:
+            section.cpu.setdefault(side, []).append(used)
+        return used
 
     def latency(self) -> Latency:
         """Start latency, one flowq start then one plain ``apply_async``, ``starts`` times."""
@@ -301,6 +303,9 @@ def _repeats(mode: Mode, n: int) -> int:
     return mode.big_repeats if n >= 10000 else mode.repeats
 
 
-def _say(key: str, i: int, side: str, o: Outcome) -> None:
+def _say(key: str, i: int, side: str, o: Outcome, cpu: dict[str, float] | None = None) -> None:
+    """One run's progress line: its time and, when measured, its CPU ms per task by role."""
     took = f"{o.seconds:.2f} s" if o.seconds is not None else "timed out"
-    print(f"{key} #{i + 1} {side}: {took}", flush=True)
+    roles = ", ".join(f"{role} {ms:.2f}" for role, ms in (cpu or {}).items())
+    cpu_line = f" (CPU ms/task: {roles})" if roles else ""
+    print(f"{key} #{i + 1} {side}: {took}{cpu_line}", flush=True)

@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from bench import shapes
+from bench.cpu import backends, process_cpu
 from bench.env import PG_ADMIN_URL
 from flowq import Workflow
 from flowq.coordinator import Coordinator, Dispatch
@@ -95,11 +96,22 @@ def drive(coordinator: Coordinator, sent: list[Dispatch], meter: Meter, workflow
     meter.time("start", coordinator.start, workflow_id)
     while sent:
         d = sent.pop(0)
+        hold = coordinator.may_hold(d.execution_id, d.task_id, d.digest)  # as a worker does
         claim = meter.time(
-            "claim", partial(coordinator.claim, hold=True), d.execution_id, d.task_id
+            "claim",
+            partial(coordinator.claim, hold=hold, digest=d.digest),
+            d.execution_id,
+            d.task_id,
         )
         assert claim is not None, f"{d.task_id} could not be claimed"
         meter.time("succeeded", coordinator.succeeded, d.execution_id, d.task_id, None)
+
+
+def _wal(admin: sa.Engine) -> int:
+    """The server's WAL position in bytes."""
+    with admin.connect() as conn:
+        lsn = conn.exec_driver_sql("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").scalar_one()
+        return int(lsn)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,10 +141,19 @@ def main(argv: list[str] | None = None) -> int:
             drive(coordinator, dispatcher.sent, warm, wf.id)  # warm caches
             warm.close()
             meter = Meter(store.engine)
+            serving = partial(backends, admin, name)
+            before, wal = {pid: process_cpu(pid) for pid in serving()}, _wal(admin)
             drive(coordinator, dispatcher.sent, meter, wf.id)
+            server = sum(process_cpu(pid) - before.get(pid, 0.0) for pid in serving())
+            wal = _wal(admin) - wal
             meter.close()
-            print(f"\n{wf.id} ({len(wf.task_ids)} tasks)\n")
+            n = len(wf.task_ids)
+            print(f"\n{wf.id} ({n} tasks)\n")
             print("\n".join(meter.lines()))
+            print(
+                f"\nPer task: Postgres backends' CPU {1000 * server / n:.3f} ms, "
+                f"WAL {wal / n:.0f} bytes (the server's, whatever else it serves)"
+            )
         coordinator.close()
         store.dispose()
     finally:

@@ -495,8 +495,9 @@ class Coordinator:
 
         ``digest`` (from the task's message) names the definition, so that a worker seeing an
         execution for the first time needs no read before its claim. ``hold``: the claim may
-        stay uncommitted until the task succeeds (see ``__init__``); the worker asks for it
-        except for a redelivered message, whose earlier run may have died with its claim.
+        stay uncommitted until the task succeeds (see ``__init__``); only for a task that
+        ``may_hold`` allows, which the caller checked. The worker asks for it except for a
+        redelivered message, whose earlier run may have died with its claim.
 
         The same message seen again while its task is `running` means the process running it
         died (Celery redelivers it: acks_late + reject_on_worker_lost): that attempt is lost,
@@ -535,10 +536,9 @@ class Coordinator:
             return Claim(wf, wf.task(task_id), vars_copy, results, got.attempt, execution_id)
 
         began = utcnow()  # when the attempt started, whatever connecting costs below
-        if hold and self.may_hold(execution_id, task_id, digest):
-            assert self.holder is not None
+        if hold and self.holder is not None:
             try:
-                got = self.holder.claim(queued, began, celery_id, worker)
+                got = self.holder.claim(queued, execution_id, task_id, began, celery_id, worker)
             except CONNECTION_ERRORS as exc:
                 log.warning("could not hold the claim of %s/%s: %s", execution_id, task_id, exc)
                 got = None  # rolled back with its connection: claim the usual way below
@@ -814,8 +814,8 @@ class Coordinator:
             assert self.holder is not None
             done = self.holder.finish(
                 held,
-                lambda tx, commit: tx.succeed_fast(
-                    execution_id, task_id, successors, result, commit
+                lambda tx, commit, claiming: tx.succeed_fast(
+                    execution_id, task_id, successors, result, commit, claiming
                 ),
             )
         elif not self.definitions.plain_successors(wf, task_id):

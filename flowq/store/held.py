@@ -3,13 +3,16 @@ in one commit.
 
 A worker's claim and a task's success are one statement each (``flowq.store.hotpath``). Sent
 on a connection in pipeline mode, statements between two Syncs form one implicit transaction,
-committed by the Sync. The claim goes out with a Flush (its result comes back, nothing is
-committed); the success goes out with the Sync, which commits both. A short task thus costs
-one commit instead of two, in the same two round trips.
+committed by the Sync. A held claim goes out with a Flush (its result comes back, nothing is
+committed) and only locks the task's row (``FOR NO KEY UPDATE``: no other claim, cancel or
+end can move it meanwhile); the success goes out with the Sync and writes the claim and the
+success as one row version, both transitions in the history. A short task thus costs one
+commit and one row version instead of two of each, in the same two round trips.
 
-A claim left open longer than ``hold`` seconds is committed by a timer thread, so a running
-task shows as `running` within 1.5 x ``hold``; a failure, a retry, or an end that needs the
-coordinator's transactional path commits it first (``HeldClaim.commit``). If the process dies
+A claim left open longer than ``hold`` seconds is written (as of when it was made) and
+committed by a timer thread, so a running task shows as `running` within 1.5 x ``hold``; a
+failure, a retry, or an end that needs the coordinator's transactional path does the same
+first (``HeldClaim.commit``). If the process dies
 before the commit, Postgres rolls the claim back and the task is `queued` again; the worker
 marks each held claim outside the store (``workers.markers``) so that the next claim of the
 task, from whichever message, records the lost attempt (``Coordinator.record_lost_claim``).
@@ -41,16 +44,23 @@ class HeldClaim:
 
     conn: hotpath.Raw
     pipeline: psycopg.Pipeline
+    execution_id: str
+    task_id: str
     began: datetime  # the claim's time, for a re-claim after a rollback
     celery_id: str | None
     worker: str | None
     lock: threading.Lock = field(default_factory=threading.Lock)
-    open: bool = True  # the claim is not committed yet
+    open: bool = True  # the claim is not committed yet (its row locked, not written)
     lost: bool = False  # rolled back with the end statement that was to commit it
     since: float = field(default_factory=time.monotonic)
 
+    @property
+    def claiming(self) -> hotpath.Claiming:
+        """What the claim's write sets (``hotpath.write_claim``, ``succeed_fast``)."""
+        return hotpath.Claiming(self.began, self.celery_id, self.worker)
+
     def commit(self) -> None:
-        """Commit the claim now if it is still open (the timer, a failure, a retry).
+        """Write and commit the claim now if it is still open (the timer, a failure, a retry).
 
         On an error (the connection is gone) the claim is ``lost`` and the error raised.
         """
@@ -58,6 +68,7 @@ class HeldClaim:
             if self.open:
                 self.open = False
                 try:
+                    hotpath.write_claim(self.conn, self.execution_id, self.task_id, self.claiming)
                     hotpath.observe(hotpath.SYNC, True)
                     self.pipeline.sync()
                 except BaseException:
@@ -90,11 +101,14 @@ class Holder:
     def claim(
         self,
         fn: Callable[[Tx], T | None],
+        execution_id: str,
+        task_id: str,
         now: datetime,
         celery_id: str | None,
         worker: str | None,
     ) -> tuple[T, HeldClaim] | None:
-        """Run the claim ``fn`` in a new implicit transaction and leave it open.
+        """Run the claim ``fn`` of ``execution_id``/``task_id`` in a new implicit transaction
+        and leave it open; ``fn``'s ``Tx.claim_queued`` only locks the row (``Tx.holding``).
 
         None when ``fn`` claimed nothing (its empty transaction is ended at once).
         """
@@ -102,8 +116,8 @@ class Holder:
         before: HeldClaim | None = getattr(self._local, "held", None)
         if before is not None:  # one claim per transaction: an earlier one is committed now
             before.commit()
-        tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now)
-        held = HeldClaim(conn, pipeline, now, celery_id, worker)
+        tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now, holding=True)
+        held = HeldClaim(conn, pipeline, execution_id, task_id, now, celery_id, worker)
         self._local.held = held
         try:
             out = fn(tx)
@@ -112,19 +126,26 @@ class Holder:
             raise
         finally:
             tx.close()
-        if out is None:
-            held.commit()
+        if out is None:  # nothing locked, nothing to write: end the empty transaction
+            held.open = False
+            hotpath.observe(hotpath.SYNC, True)
+            pipeline.sync()
             return None
         self._schedule(held)
         return out, held
 
-    def finish(self, held: HeldClaim, fn: Callable[[Tx, Callable[[], None]], T | None]) -> T | None:
+    def finish(
+        self,
+        held: HeldClaim,
+        fn: Callable[[Tx, Callable[[], None], hotpath.Claiming | None], T | None],
+    ) -> T | None:
         """Run the end statement ``fn`` on the held claim's connection, then commit both.
 
-        ``fn`` gets the commit to send along with its statement, and returns None when that
-        statement was undone (handed back). The transaction is over afterwards; if the claim
-        was still open and the statement was undone or failed, ``held.lost`` is set: the
-        claim was rolled back with it.
+        ``fn`` gets the commit to send along with its statement and, while the claim is open,
+        the claim to write with it (its row is locked, not written); it returns None when
+        that statement was undone (handed back). The transaction is over afterwards; if the
+        claim was still open and the statement was undone or failed, ``held.lost`` is set:
+        the claim was rolled back with it.
         """
         with held.lock:
             tx = Tx(None, raw=held.conn, connect=self.store.sa_connect)
@@ -135,7 +156,7 @@ class Holder:
                 held.pipeline.sync()
 
             try:
-                out = fn(tx, commit)
+                out = fn(tx, commit, held.claiming if was_open else None)
                 held.lost = held.lost or (was_open and out is None)
                 return out
             except BaseException:

@@ -44,6 +44,33 @@ WITH c AS (
 SELECT c.attempts, {results} AS results{meta}
   FROM c{join}
 """
+# A held claim (flowq.store.held) only locks its row: the task's success then writes the claim
+# and the success as one row version (END_FAST_CLAIMED), and a claim committed without its
+# success (the timer, a failure) is written first (CLAIM_WRITE). The attempt number is the one
+# the write will make: nobody else can move the row while it is locked.
+_CLAIM_LOCK = """
+WITH c AS (
+    SELECT attempts + 1 AS attempts FROM flowq_task_runs
+     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'
+       AND EXISTS (SELECT 1 FROM flowq_executions x
+                    WHERE x.id = %(e)s AND (x.state || '') = 'running')
+       FOR NO KEY UPDATE
+)
+SELECT c.attempts, {results} AS results{meta}
+  FROM c{join}
+"""
+_CLAIMED = """
+    UPDATE flowq_task_runs
+       SET state = 'running', attempts = attempts + 1, updated_at = %(began)s,
+           started_at = %(began)s, celery_id = %(celery_id)s, worker = %(worker)s
+     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'
+ RETURNING attempts"""
+CLAIM_WRITE = f"""
+WITH c AS ({_CLAIMED}
+)
+INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+SELECT %(e)s, %(t)s, 'queued', 'running', 'attempt ' || c.attempts, %(began)s FROM c
+"""
 _RESULTS = """(SELECT coalesce(jsonb_object_agg(r.task_id, r.result), '{}'::jsonb)
           FROM flowq_task_runs r
          WHERE r.execution_id = %(e)s AND {ids} AND (r.state || '') = 'succeeded')"""
@@ -86,6 +113,13 @@ def _variant(ids: Sequence[str]) -> int:
 CLAIMS = {
     with_meta: tuple(
         _fill(_CLAIM, {"{results}": "NULL" if v == 0 else results, **fields})
+        for v, results in enumerate(_by_ids(_RESULTS, "r.task_id"))
+    )
+    for with_meta, fields in ((False, _NO_META), (True, _META))
+}
+CLAIM_LOCKS = {
+    with_meta: tuple(
+        _fill(_CLAIM_LOCK, {"{results}": "NULL" if v == 0 else results, **fields})
         for v, results in enumerate(_by_ids(_RESULTS, "r.task_id"))
     )
     for with_meta, fields in ((False, _NO_META), (True, _META))
@@ -144,9 +178,9 @@ _END_FAST = """
 WITH c AS (
     UPDATE flowq_task_runs
        SET state = 'succeeded', error = NULL, result = %(result)s,
-           finished_at = %(now)s, updated_at = %(now)s
-     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'running'
- RETURNING 1 AS one
+           finished_at = %(now)s, updated_at = %(now)s{claim}
+     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = '{from}'
+ RETURNING attempts
 ), s AS (
     UPDATE flowq_task_runs
        SET deps_remaining = deps_remaining - 1,
@@ -174,13 +208,13 @@ WITH c AS (
  RETURNING tasks_remaining, state
 ), h AS (  -- one insert: the task's row, its successors', then the execution's, in id order
     INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
-    SELECT %(e)s, v.task_id, v.from_state, v.to_state, v.reason, %(now)s
-      FROM (SELECT 0 AS n, %(t)s::text AS task_id, 'running' AS from_state,
-                   'succeeded' AS to_state, NULL::text AS reason FROM c
+    SELECT %(e)s, v.task_id, v.from_state, v.to_state, v.reason, v.at
+      FROM ({claimed}SELECT 0 AS n, %(t)s::text AS task_id, 'running' AS from_state,
+                   'succeeded' AS to_state, NULL::text AS reason, %(now)s AS at FROM c
             UNION ALL
-            SELECT 1, q.task_id, 'pending', 'queued', %(reason)s FROM q
+            SELECT 1, q.task_id, 'pending', 'queued', %(reason)s, %(now)s FROM q
             UNION ALL
-            SELECT 2, NULL, 'running', 'completed', %(completed)s FROM x
+            SELECT 2, NULL, 'running', 'completed', %(completed)s, %(now)s FROM x
              WHERE x.tasks_remaining = 0 AND x.state = 'completed') v
      ORDER BY v.n, v.task_id
 )
@@ -193,7 +227,24 @@ SELECT (SELECT count(*) FROM c) AS ended,
                  THEN flowq_general_path('a successor is decided otherwise than run')
        END AS handed_back
 """
-END_FAST = _by_ids(_END_FAST.replace("{ready}", _READY), "task_id")
+# [the claim was written before: running -> succeeded | a held claim's locked row:
+# queued -> running -> succeeded, both transitions in the history]
+_CLAIMED_FIELDS = {
+    "{claim}": """,
+           attempts = attempts + 1, started_at = %(began)s, celery_id = %(celery_id)s,
+           worker = %(worker)s""",
+    "{from}": "queued",
+    "{claimed}": """SELECT -1 AS n, %(t)s::text AS task_id, 'queued' AS from_state,
+                   'running' AS to_state, 'attempt ' || c.attempts AS reason, %(began)s AS at
+              FROM c
+            UNION ALL
+            """,
+}
+_RUNNING_FIELDS = {"{claim}": "", "{from}": "running", "{claimed}": ""}
+END_FAST = tuple(
+    _by_ids(_fill(_END_FAST, {"{ready}": _READY, **fields}), "task_id")
+    for fields in (_RUNNING_FIELDS, _CLAIMED_FIELDS)
+)
 GENERAL_PATH = "FQ001"  # the SQLSTATE flowq_general_path() raises
 COMPLETED_REASON = "every task succeeded or was skipped"  # as Coordinator._finish says it
 
@@ -245,6 +296,15 @@ class Meta:
     def of(cls, row: Any) -> Meta:
         """The fixed fields of an execution row (or of a row with the same columns)."""
         return cls(str(row.digest), int(row.version), int(row.priority), dict(row.vars))
+
+
+@dataclass(frozen=True)
+class Claiming:
+    """A held claim's row, locked and not written yet: what its write sets."""
+
+    began: datetime
+    celery_id: str | None
+    worker: str | None
 
 
 @dataclass(frozen=True)
@@ -338,10 +398,13 @@ def claim_queued(
     celery_id: str | None,
     worker: str | None,
     with_meta: bool,
+    lock_only: bool = False,
 ) -> Claimed | None:
     """queued -> running while the execution runs: the attempt number and the results needed.
 
-    ``with_meta``: the execution's fixed fields too.
+    ``with_meta``: the execution's fixed fields too. ``lock_only`` (a held claim): the row is
+    locked, not written; ``write_claim`` or ``succeed_fast(claiming=...)`` writes it later in
+    the same transaction, under the attempt number returned here.
     """
     params = {
         "now": now,
@@ -351,11 +414,29 @@ def claim_queued(
         "worker": worker,
         "ids": _ids_param(result_ids),
     }
-    row: Any = _execute(conn, CLAIMS[with_meta][_variant(result_ids)], params).fetchone()
+    statements = CLAIM_LOCKS if lock_only else CLAIMS
+    row: Any = _execute(conn, statements[with_meta][_variant(result_ids)], params).fetchone()
     if row is None:
         return None
     meta = Meta.of(row) if with_meta else None
     return Claimed(int(row.attempts), dict(row.results or {}), meta)
+
+
+def _claiming_params(execution_id: str, task_id: str, claiming: Claiming) -> dict[str, Any]:
+    return {
+        "e": execution_id,
+        "t": task_id,
+        "began": claiming.began,
+        "celery_id": claiming.celery_id,
+        "worker": claiming.worker,
+    }
+
+
+def write_claim(conn: Raw, execution_id: str, task_id: str, claiming: Claiming) -> None:
+    """Write a claim whose row ``claim_queued(lock_only=True)`` locked: queued -> running, as
+    of when it was made. Its results are not read: in pipeline mode, the Sync that follows
+    commits it."""
+    _execute(conn, CLAIM_WRITE, _claiming_params(execution_id, task_id, claiming))
 
 
 def end_task(
@@ -397,8 +478,12 @@ def succeed_fast(
     successors: Sequence[str],
     result: Any,
     commit: Callable[[], None] | None = None,
+    claiming: Claiming | None = None,
 ) -> Succeeded | None:
     """running -> succeeded with every successor under ``all_success`` and without ``when``.
+
+    ``claiming``: the task's held claim is locked, not written: queued -> running ->
+    succeeded, one row version and both transitions in the history.
 
     Returns None, with nothing written, when the task is not running or when the coordinator
     must decide something (``flowq_general_path``): then the transactional end is the way.
@@ -415,8 +500,10 @@ def succeed_fast(
         "reason": f"{task_id} succeeded",
         "completed": COMPLETED_REASON,
     }
+    if claiming is not None:
+        params.update(_claiming_params(execution_id, task_id, claiming))
     try:
-        cursor = _execute(conn, END_FAST[_variant(successors)], params)
+        cursor = _execute(conn, END_FAST[claiming is not None][_variant(successors)], params)
         if commit is not None:
             commit()
         row: Any = cursor.fetchone()

@@ -61,11 +61,15 @@ class Tx:
         raw: hotpath.Raw | None = None,
         connect: Callable[[], sa.Connection] | None = None,
         now: datetime | None = None,
+        holding: bool = False,
     ) -> None:
         """``conn``: the SQLAlchemy connection; or, for an autocommit call on Postgres, ``raw``
         (the process's own psycopg connection for the hot path) and ``connect``, which opens
         a SQLAlchemy connection only if something other than the hot path needs one. ``now``:
-        the call's time, taken before connecting (a new connection must not delay it)."""
+        the call's time, taken before connecting (a new connection must not delay it).
+        ``holding``: a held claim's transaction (``flowq.store.held``), whose claim only locks
+        its row."""
+        self.holding = holding
         self._conn = conn
         self._connect = connect
         self.now = now or utcnow()
@@ -427,13 +431,22 @@ class Tx:
         """queued -> running while the execution runs: the attempt number and upstream results.
 
         ``with_meta``: the execution's fixed fields (``Meta``) too. None when the task is not
-        queued or its execution is not running.
+        queued or its execution is not running. In a ``holding`` transaction the row is locked,
+        not written yet (``hotpath.claim_queued``).
         """
         ids = list(result_ids)
         if self.postgres:
             self.flush()
             return hotpath.claim_queued(
-                self.raw, self.now, execution_id, task_id, ids, celery_id, worker, with_meta
+                self.raw,
+                self.now,
+                execution_id,
+                task_id,
+                ids,
+                celery_id,
+                worker,
+                with_meta,
+                lock_only=self.holding,
             )
         values: dict[str, Any] = {"started_at": self.now, "celery_id": celery_id, "worker": worker}
         attempt = self.claim(execution_id, task_id, "queued", **values)
@@ -485,18 +498,20 @@ class Tx:
         successors: Sequence[str],
         result: Any,
         commit: Callable[[], None] | None = None,
+        claiming: hotpath.Claiming | None = None,
     ) -> Succeeded | None:
         """Postgres, autocommit only: a success in one statement (``hotpath.succeed_fast``).
 
         Every successor must be ``all_success`` without ``when``. None, with nothing written,
         when the task is not running or the coordinator must decide something: then run the
         transactional end (``end_task`` and what follows). ``commit``: on a held claim's
-        connection (``flowq.store.held``), what ends its transaction.
+        connection (``flowq.store.held``), what ends its transaction; ``claiming``: that
+        claim, when its row is locked and not written yet.
         """
         if not self.postgres or not self.raw.autocommit:
             raise NotImplementedError("succeed_fast is Postgres' single-statement success")
         return hotpath.succeed_fast(
-            self.raw, self.now, execution_id, task_id, successors, result, commit
+            self.raw, self.now, execution_id, task_id, successors, result, commit, claiming
         )
 
     def start_execution(

@@ -113,3 +113,25 @@ def test_cpu_is_split_by_process_class(side: FlowqSide) -> None:
     )
     assert lines[-1].startswith("| chord 300 | flowq | ")
     assert lines[-1].endswith(f" | {sum(used.values()):.2f} |")
+
+
+def test_store_cost_counts_one_commit_per_task_and_the_server_side(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    require_service("Postgres", "127.0.0.1", 5432)
+    from bench import store_cost
+
+    assert store_cost.main(["--tasks", "30"]) == 0
+    out = capsys.readouterr().out
+    # a claim and a success are one statement each; held, the success commits both
+    for shape in ("bench_chain_30", "bench_chord_30"):
+        section = out.split(shape, 1)[1].split("bench_", 1)[0]
+        rows = {
+            line.split("|")[1].strip(): line.split("|")
+            for line in section.splitlines()
+            if "|" in line
+        }
+        assert [c.strip() for c in rows["claim"][3:5]] == ["1.00", "0.00"]
+        assert [c.strip() for c in rows["succeeded"][3:5]] == ["1.00", "1.00"]
+        cpu, wal = section.split("Per task: Postgres backends' CPU ", 1)[1].split(" ms, WAL ")
+        assert float(cpu) >= 0 and int(wal.split()[0]) > 0

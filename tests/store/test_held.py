@@ -25,14 +25,17 @@ def claim(holder: Holder) -> tuple[Claimed, HeldClaim]:
     def fn(tx: Tx) -> Claimed | None:
         return tx.claim_queued("e1", "a", [], celery_id="c-1", worker="w1")
 
-    got = holder.claim(fn, utcnow(), "c-1", "w1")
+    got = holder.claim(fn, "e1", "a", utcnow(), "c-1", "w1")
     assert got is not None
     return got
 
 
 def succeed(holder: Holder, held: HeldClaim, successors: list[str]) -> Succeeded | None:
     return holder.finish(
-        held, lambda tx, commit: tx.succeed_fast("e1", "a", successors, {"v": 1}, commit)
+        held,
+        lambda tx, commit, claiming: tx.succeed_fast(
+            "e1", "a", successors, {"v": 1}, commit, claiming
+        ),
     )
 
 
@@ -66,6 +69,35 @@ def test_a_claim_held_is_committed_with_its_success(store: Store) -> None:
     assert written[("a", "running")] == written[("a", "succeeded")], "one transaction"
 
 
+def test_a_held_claim_locks_its_row_and_writes_it_once_with_its_success(store: Store) -> None:
+    _setup(store, {"a": queued(), "b": pending(1), "z": pending(1)})
+    holder = Holder(store, hold=30)
+    try:
+        claimed, held = claim(holder)
+        assert claimed.attempt == 1
+        # within the claim's transaction: no row updated or inserted yet
+        written = held.conn.execute(
+            "SELECT n_tup_upd + n_tup_ins FROM pg_stat_xact_user_tables "
+            "WHERE relname IN ('flowq_task_runs', 'flowq_history')"
+        ).fetchall()
+        assert [r[0] for r in written] == [0, 0]
+        locked = sa.text(
+            "SELECT 1 FROM flowq_task_runs WHERE task_id = 'a' FOR NO KEY UPDATE NOWAIT"
+        )
+        # a second claimer cannot take the row
+        with store.engine.connect() as other, pytest.raises(sa.exc.OperationalError, match="lock"):
+            other.execute(locked)
+        assert succeed(holder, held, ["b"]) == Succeeded(["b"], "running")
+    finally:
+        holder.close()
+    assert rows(store)["a"] == ("succeeded", 0, 0, {"v": 1})
+    assert history(store) == [
+        ("a", "queued", "running", "attempt 1"),
+        ("a", "running", "succeeded", None),
+        ("b", "pending", "queued", "a succeeded"),
+    ]
+
+
 def test_a_claim_held_too_long_is_committed_by_the_timer(store: Store) -> None:
     _setup(store, {"a": queued(), "b": pending(1), "z": pending(1)})
     holder = Holder(store, hold=0.05)
@@ -76,12 +108,25 @@ def test_a_claim_held_too_long_is_committed_by_the_timer(store: Store) -> None:
             assert time.monotonic() < deadline, "the timer did not commit the claim"
             time.sleep(0.02)
         assert not held.open
+
+        def started(tx: Tx) -> tuple[Any, Any, int]:
+            row = tx.task("e1", "a")
+            assert row is not None
+            return row.started_at, row.celery_id, int(row.attempts)
+
+        # written as of the claim, not of the timer's commit
+        assert store.read(started) == (held.began, "c-1", 1)
         assert succeed(holder, held, ["b"]) == Succeeded(["b"], "running")
     finally:
         holder.close()
     written = xmins(store)
     assert written[("a", "running")] != written[("a", "succeeded")]
     assert rows(store)["a"][0] == "succeeded"
+    with store.engine.connect() as conn:
+        at = conn.execute(
+            sa.text("SELECT at FROM flowq_history WHERE task_id = 'a' AND to_state = 'running'")
+        ).scalar_one()
+    assert at == held.began
 
 
 def test_a_held_claim_dies_with_its_connection(store: Store) -> None:
@@ -113,6 +158,8 @@ def test_a_handed_back_success_takes_the_held_claim_with_it(store: Store) -> Non
         store.transact(lambda tx: tx.cas_task("e1", "f", "failed", "queued"))
         got = holder.claim(
             lambda tx: tx.claim_queued("e1", "f", [], celery_id=None, worker=None),
+            "e1",
+            "f",
             utcnow(),
             None,
             None,
