@@ -300,7 +300,8 @@ def create_app(settings: Settings | None = None) -> Celery:
     from workers import signals
 
     settings = settings or Settings.from_env()
-    app = Celery("flowq", set_as_current=False)
+    # workers.transport: kombu's Redis transport, reusing one client object per channel
+    app = Celery("flowq", set_as_current=False, amqp="workers.transport:AMQP")
     app.config_from_object("workers.config")
     _load_celeryconfig(app)
     app.conf.broker_url = settings.effective_broker_url
