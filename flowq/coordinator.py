@@ -1,5 +1,8 @@
 """The coordinator: start executions, advance them as tasks end, pause/resume/cancel/retry.
 
+Claims live in ``flowq.claims``, control of whole executions in ``flowq.control``, and what
+they share (messages, claims, the step of a transaction) in ``flowq.execution``.
+
 Every method is one store transaction made of compare-and-set updates; messages for the tasks
 that became ready are handed to the dispatcher only after that transaction commits. Each message
 carries one task, so no message grows with the workflow. Fan-ins are driven by per-task
@@ -8,29 +11,31 @@ dependency counters in the store: the transaction that counts the last upstream 
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import logging
 import threading
 import uuid
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any, Protocol
+from datetime import timedelta
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
-from flowq import graph, rules
+from flowq import rules
 from flowq import states as S
-from flowq.definition import Task, Workflow
-from flowq.errors import FlowqError, InvalidTransition, NotFound, ValidationError
-from flowq.store import Store, Tx, utcnow
+from flowq.claims import Claims
+from flowq.control import Control
+from flowq.definition import Workflow
+from flowq.errors import FlowqError, ValidationError
+from flowq.execution import Claim, Definitions, Dispatch, Dispatcher, Started, Step
+from flowq.store import Store, Tx
 from flowq.store import tables as t
 from flowq.store.held import HeldClaim, Holder
 from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta
 from flowq.templates import evaluate
+
+__all__ = ["Claim", "Coordinator", "Dispatch", "Dispatcher", "Started"]
 
 log = logging.getLogger("flowq.coordinator")
 
@@ -38,144 +43,7 @@ DEFAULT_PRIORITY = 5
 META_CACHE_SIZE = 4096  # executions whose fixed fields a process keeps in memory
 
 
-@dataclass(frozen=True)
-class Dispatch:
-    """One message to publish: run ``task_id`` of ``execution_id``."""
-
-    execution_id: str
-    task_id: str
-    workflow_id: str
-    version: int
-    digest: str
-    priority: int
-    queue: str
-    timeout: float | None = None
-
-
-class Dispatcher(Protocol):
-    """Publishes task messages (a Celery app in production)."""
-
-    def send(self, items: Sequence[Dispatch]) -> None:
-        """Publish one message per item."""
-
-    def revoke(self, celery_ids: Sequence[str]) -> None:
-        """Stop running tasks."""
-
-
-@dataclass(frozen=True)
-class Claim:
-    """What a worker needs to run a task it has claimed."""
-
-    workflow: Workflow
-    task: Task
-    vars: dict[str, Any]
-    results: dict[str, Any]
-    attempt: int
-    execution_id: str
-    held: bool = False  # its commit waits for the task's end (``flowq.store.held``)
-
-
-@dataclass(frozen=True)
-class Started:
-    """The outcome of a start: the execution id, and False if an idempotent start found one."""
-
-    execution_id: str
-    created: bool
-
-
-class Definitions:
-    """Definitions by digest, parsed once per process (a digest's body never changes)."""
-
-    def __init__(self, store: Store) -> None:
-        self.store = store
-        self._by_digest: dict[str, Workflow] = {}
-        self._ancestors: dict[tuple[str, str], frozenset[str]] = {}
-        self._deps: dict[str, dict[str, tuple[str, ...]]] = {}
-        self._plain: dict[tuple[str, str], bool] = {}
-
-    def add(self, wf: Workflow) -> None:
-        """Remember a definition this process already holds."""
-        self._by_digest.setdefault(wf.digest(), wf)
-
-    def get(self, digest: str, tx: Tx | None = None) -> Workflow:
-        """The definition with this digest."""
-        wf = self._by_digest.get(digest)
-        if wf is None:
-            body = (
-                tx.definition_body(digest)
-                if tx
-                else self.store.read(lambda tx: tx.definition_body(digest))
-            )
-            wf = self._by_digest.setdefault(digest, Workflow.from_dict(body, source=digest[:12]))
-        return wf
-
-    def ancestors(self, wf: Workflow, task_id: str) -> frozenset[str]:
-        """Every task upstream of ``task_id``, transitively."""
-        key = (wf.digest(), task_id)
-        found = self._ancestors.get(key)
-        if found is None:
-            deps = self._deps.get(key[0])
-            if deps is None:
-                deps = self._deps[key[0]] = {t: wf.deps(t) for t in wf.task_ids}
-            found = self._ancestors[key] = frozenset(graph.ancestors(deps, task_id))
-        return found
-
-    def plain_successors(self, wf: Workflow, task_id: str) -> bool:
-        """True when every successor runs under ``all_success`` without ``when``: a success
-        then decides them in SQL (``Tx.succeed_fast``)."""
-        key = (wf.digest(), task_id)
-        plain = self._plain.get(key)
-        if plain is None:
-            tasks = (wf.task(s) for s in wf.successors(task_id))
-            plain = all(t.trigger_rule == "all_success" and not t.when for t in tasks)
-            self._plain[key] = plain
-        return plain
-
-    def results_for(self, wf: Workflow, task_id: str) -> frozenset[str]:
-        """Ids whose results the task needs: its direct upstream plus what its templates name."""
-        named = wf.results_needed(task_id)
-        if named is None:
-            return self.ancestors(wf, task_id)
-        return frozenset(wf.deps(task_id)) | named
-
-
-@dataclass
-class _Step:
-    """The state of one advancing transaction."""
-
-    tx: Tx
-    execution_id: str
-    wf: Workflow
-    version: int
-    priority: int
-    state: str | None  # None when not read in this transaction (the hot path skips it)
-    vars: dict[str, Any]
-    settled: deque[tuple[str, str]] = field(default_factory=deque)
-    settled_count: int = 0
-    dispatch: list[Dispatch] = field(default_factory=list)
-
-
-def _cancel_task(tx: Tx, execution_id: str, row: Any) -> Any | None:
-    """Cancel one task as the cancel read it, or as it became meanwhile; the row cancelled
-    (its state before), or None if it had ended.
-
-    A compare-and-set that misses means the row moved after it was read: a claim held open
-    (``flowq.store.held``) read `queued` commits while the cancel waits on its row lock, and
-    the task is `running` now, to be cancelled and revoked as such.
-    """
-    for _ in range(len(S.TASK_STATES)):  # each miss is a move forward: bounded
-        if row is None or row.state in S.TASK_TERMINAL:
-            return None
-        if tx.cas_task(
-            execution_id, row.task_id, row.state, S.CANCELLED, "execution cancelled",
-            finished_at=tx.now,
-        ):  # fmt: skip
-            return row
-        row = tx.task(execution_id, row.task_id)
-    raise RuntimeError(f"task {row.task_id} of {execution_id} kept changing under a cancel")
-
-
-class Coordinator:
+class Coordinator(Claims, Control):
     """Drives executions through their states; shared by the client, the CLI and the workers."""
 
     def __init__(self, store: Store, dispatcher: Dispatcher, *, hold: float = 0.0) -> None:
@@ -357,7 +225,7 @@ class Coordinator:
                 for i, tid in enumerate(wf.task_ids)
             ]
         )
-        step = _Step(tx, eid, wf, version, prio, S.RUNNING, values)
+        step = Step(tx, eid, wf, version, prio, S.RUNNING, values)
         for root in queued:
             tx.record(eid, root, S.PENDING, S.QUEUED, "root task")
             step.dispatch.append(self._dispatch_of(step, root))
@@ -369,7 +237,7 @@ class Coordinator:
         return Started(eid, True), step.dispatch
 
     # -- advancing -----------------------------------------------------------------------------
-    def _step(self, tx: Tx, execution_id: str, *, fresh: bool = True) -> _Step:
+    def _step(self, tx: Tx, execution_id: str, *, fresh: bool = True) -> Step:
         """The execution's context; with ``fresh=False`` its fixed fields may come from memory.
 
         An execution's workflow, version, priority and vars never change, so the hot path
@@ -380,7 +248,7 @@ class Coordinator:
         if meta is None:
             meta, state = self._read_meta(tx, execution_id)
         wf = self.definitions.get(meta.digest, tx)
-        return _Step(tx, execution_id, wf, meta.version, meta.priority, state, meta.vars)
+        return Step(tx, execution_id, wf, meta.version, meta.priority, state, meta.vars)
 
     def _read_meta(self, tx: Tx, execution_id: str) -> tuple[Meta, str]:
         """Read the execution's fixed fields (and remember them) and its current state."""
@@ -396,7 +264,7 @@ class Coordinator:
             while len(self._meta) > META_CACHE_SIZE:
                 self._meta.popitem(last=False)
 
-    def _dispatch_of(self, step: _Step, task_id: str) -> Dispatch:
+    def _dispatch_of(self, step: Step, task_id: str) -> Dispatch:
         return self._dispatch(step.wf, step.execution_id, step.version, step.priority, task_id)
 
     @staticmethod
@@ -405,7 +273,7 @@ class Coordinator:
         prio = task.priority if task.priority is not None else priority
         return Dispatch(eid, task_id, wf.id, version, wf.digest(), prio, task.queue, task.timeout)
 
-    def _act(self, step: _Step, task_id: str, decision: str, reason: str) -> None:
+    def _act(self, step: Step, task_id: str, decision: str, reason: str) -> None:
         """Carry out a trigger-rule decision for a pending task."""
         tx, eid = step.tx, step.execution_id
         task = step.wf.task(task_id)
@@ -431,13 +299,13 @@ class Coordinator:
         if tx.cas_task(eid, task_id, S.PENDING, to, reason, finished_at=tx.now):
             step.settled.append((task_id, to))
 
-    def _template_context(self, step: _Step, task_id: str) -> dict[str, Any]:
+    def _template_context(self, step: Step, task_id: str) -> dict[str, Any]:
         named = step.wf.results_needed(task_id)
         ids = self.definitions.ancestors(step.wf, task_id) if named is None else named
         results = step.tx.results(step.execution_id, ids)
         return {"vars": step.vars, "results": results, "execution_id": step.execution_id}
 
-    def _propagate(self, step: _Step) -> None:
+    def _propagate(self, step: Step) -> None:
         """Count each settled task against its successors and act on those now decided."""
         while step.settled:
             task_id, state = step.settled.popleft()
@@ -448,7 +316,7 @@ class Coordinator:
                 if decision != rules.WAIT:
                     self._act(step, succ, decision, f"{task_id} {state}")
 
-    def _settle(self, step: _Step) -> None:
+    def _settle(self, step: Step) -> None:
         """Count settled tasks on the execution; end it when none is left."""
         remaining, state = step.tx.settle_count(step.execution_id, step.settled_count)
         step.settled_count = 0
@@ -457,7 +325,7 @@ class Coordinator:
         if remaining == 0 and step.state == S.RUNNING:
             self._finish(step)
 
-    def _finish(self, step: _Step) -> None:
+    def _finish(self, step: Step) -> None:
         tx, eid = step.tx, step.execution_id
         bad = tx.conn.execute(
             sa.select(t.task_runs.c.task_id, t.task_runs.c.state, t.task_runs.c.error)
@@ -480,243 +348,8 @@ class Coordinator:
         if dispatches:
             self.dispatcher.send(dispatches)
 
-    # -- task events (called from the worker's Celery signals) ---------------------------------
-    def claim(
-        self,
-        execution_id: str,
-        task_id: str,
-        *,
-        celery_id: str | None = None,
-        worker: str | None = None,
-        digest: str | None = None,
-        hold: bool = False,
-    ) -> Claim | None:
-        """Mark a task running if it may start now; None if it may not (paused, duplicate...).
-
-        ``digest`` (from the task's message) names the definition, so that a worker seeing an
-        execution for the first time needs no read before its claim. ``hold``: the claim may
-        stay uncommitted until the task succeeds (see ``__init__``); only for a task that
-        ``may_hold`` allows, which the caller checked. The worker asks for it except for a
-        redelivered message, whose earlier run may have died with its claim.
-
-        The same message seen again while its task is `running` means the process running it
-        died (Celery redelivers it: acks_late + reject_on_worker_lost): that attempt is lost,
-        and the task runs again while attempts remain.
-        """
-
-        def queued(tx: Tx) -> Claim | None:
-            # the hot path: a queued task of a running execution, one statement on Postgres
-            meta = self._meta.get(execution_id)
-            if meta is None and digest is None:  # no digest in the message: read the execution
-                try:
-                    meta = self._read_meta(tx, execution_id)[0]
-                except NotFound:
-                    return None
-            wf = self.definitions.get(meta.digest if meta is not None else str(digest), tx)
-            got = tx.claim_queued(
-                execution_id,
-                task_id,
-                self.definitions.results_for(wf, task_id),
-                celery_id=celery_id,
-                worker=worker,
-                with_meta=meta is None,
-            )
-            if got is None:
-                return None
-            results = got.results
-            if got.meta is not None:  # first sight of the execution: its fields came along
-                meta = got.meta
-                self._remember(execution_id, meta)
-                if meta.digest != wf.digest():  # the message named another definition
-                    wf = self.definitions.get(meta.digest, tx)
-                    results = tx.results(execution_id, self.definitions.results_for(wf, task_id))
-            assert meta is not None
-            # a copy: the cached vars must not see what a handler does to its own
-            vars_copy = copy.deepcopy(meta.vars)
-            return Claim(wf, wf.task(task_id), vars_copy, results, got.attempt, execution_id)
-
-        began = utcnow()  # when the attempt started, whatever connecting costs below
-        if hold and self.holder is not None:
-            try:
-                got = self.holder.claim(queued, execution_id, task_id, began, celery_id, worker)
-            except CONNECTION_ERRORS as exc:
-                log.warning("could not hold the claim of %s/%s: %s", execution_id, task_id, exc)
-                got = None  # rolled back with its connection: claim the usual way below
-            if got is not None:
-                self._held[(execution_id, task_id)] = got[1]
-                return dataclasses.replace(got[0], held=True)
-        claim = self.store.transact(queued, single=True, now=began)
-        if claim is not None:
-            return claim
-
-        def body(tx: Tx) -> tuple[Claim | None, list[Dispatch]]:
-            values: dict[str, Any] = {
-                "started_at": tx.now,
-                "celery_id": celery_id,
-                "worker": worker,
-            }
-            attempt = tx.claim(execution_id, task_id, S.QUEUED, **values)
-            if attempt is None:
-                attempt = tx.claim(execution_id, task_id, S.RETRYING, **values)
-            if attempt is None:
-                requeued, dispatches = self._redelivered(tx, execution_id, task_id, celery_id)
-                if not requeued:
-                    return None, dispatches
-                attempt = tx.claim(execution_id, task_id, S.QUEUED, **values)
-                if attempt is None:
-                    return None, []
-            step = self._step(tx, execution_id, fresh=False)
-            results = tx.results(execution_id, self.definitions.results_for(step.wf, task_id))
-            task = step.wf.task(task_id)
-            # a copy: the cached vars must not see what a handler does to its own
-            vars_copy = copy.deepcopy(step.vars)
-            return Claim(step.wf, task, vars_copy, results, attempt, execution_id), []
-
-        claim, dispatches = self.store.transact(body, now=began)
-        self._send(dispatches)
-        return claim
-
-    def may_hold(self, execution_id: str, task_id: str, digest: str | None) -> bool:
-        """A claim is held only where its success can be the single statement that commits
-        it: successors under ``all_success`` without ``when``, and no timeout short enough
-        for a hard time limit to kill the attempt before the timer commits its claim."""
-        if self.holder is None:
-            return False
-        meta = self._meta.get(execution_id)
-        known = meta.digest if meta is not None else digest
-        if known is None:
-            return False
-        wf = self.definitions.get(known)
-        timeout = wf.task(task_id).timeout
-        if timeout is not None and timeout < 10 * self.holder.hold:
-            return False
-        return self.definitions.plain_successors(wf, task_id)
-
-    @staticmethod
-    def _claim_again(
-        tx: Tx,
-        execution_id: str,
-        task_id: str,
-        *,
-        started: datetime,
-        celery_id: str | None,
-        worker: str | None,
-        attempt: int | None = None,
-    ) -> int | None:
-        """Make a held claim that was rolled back again (queued -> running): its attempt ran.
-
-        The attempt number; None if the task is no longer queued (cancelled meanwhile, or
-        the claim was committed after all): an end that follows then finds it not running
-        and is recorded as a late one. ``attempt``: only if that is the attempt it makes.
-        """
-        return tx.claim(
-            execution_id,
-            task_id,
-            S.QUEUED,
-            attempts=None if attempt is None else attempt - 1,
-            started_at=started,
-            celery_id=celery_id,
-            worker=worker,
-        )
-
-    def _claim_lost(self, tx: Tx, execution_id: str, task_id: str, lost: HeldClaim) -> None:
-        """``_claim_again`` for a held claim lost with its end statement or connection."""
-        self._claim_again(
-            tx,
-            execution_id,
-            task_id,
-            started=lost.began,
-            celery_id=lost.celery_id,
-            worker=lost.worker,
-        )
-
-    def _settle_held(self, execution_id: str, task_id: str) -> HeldClaim | None:
-        """Commit a task's held claim, if any, before its failure or retry is recorded; the
-        claim if it was lost instead (it is then made again in that transaction)."""
-        held = self._release(execution_id, task_id)
-        if held is None:
-            return None
-        held.settle()
-        return held if held.lost else None
-
-    def commit_held(self, execution_id: str, task_id: str) -> None:
-        """Commit a held claim now (the worker could not mark it; see ``record_lost_claim``)."""
-        held = self._held.get((execution_id, task_id))
-        if held is not None:
-            held.settle()
-
-    def drop_held(self, execution_id: str, task_id: str) -> None:
-        """Roll a held claim back: its attempt number belongs to an attempt that died
-        uncounted (``record_lost_claim`` records it, then the task is claimed again)."""
-        held = self._release(execution_id, task_id)
-        if held is not None:
-            assert self.holder is not None
-            self.holder.abandon(held)
-
-    def record_lost_claim(
-        self,
-        execution_id: str,
-        task_id: str,
-        *,
-        started: datetime,
-        celery_id: str | None,
-        worker: str | None,
-        attempt: int,
-    ) -> bool:
-        """Record attempt ``attempt``, which died with its held claim still uncommitted.
-
-        The worker marks each held claim outside the store (``workers.markers``); a mark
-        left for the attempt the task would make next means that attempt ran, and its
-        process died within the hold. If the task is still `queued` with ``attempt - 1``
-        attempts counted, the lost attempt is recorded as it happened (queued -> running at
-        ``started``, then running -> queued, or failed when it was the last attempt). True if
-        it was recorded; False if the task moved on (a live holder of the claim committed it
-        meanwhile: this waited on its row lock), which makes the call safe whenever a mark is
-        found.
-        """
-
-        def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
-            got = self._claim_again(
-                tx,
-                execution_id,
-                task_id,
-                started=started,
-                celery_id=celery_id,
-                worker=worker,
-                attempt=attempt,
-            )
-            if got is None:
-                return False, []
-            step = self._step(tx, execution_id)
-            reason = f"worker process lost during attempt {attempt}, before its claim was committed"
-            self._lose(step, task_id, reason)
-            return True, step.dispatch
-
-        recorded, dispatches = self.store.transact(body)
-        self._send(dispatches)
-        return recorded
-
-    def _release(self, execution_id: str, task_id: str) -> HeldClaim | None:
-        """Stop holding a task's claim; the caller commits it or ends the task with it."""
-        return self._held.pop((execution_id, task_id), None)
-
-    def _redelivered(
-        self, tx: Tx, execution_id: str, task_id: str, celery_id: str | None
-    ) -> tuple[bool, list[Dispatch]]:
-        """A message found its task `running` under the same message id: the process running
-        it died and Celery delivered it again. Requeue the task (True) or fail it."""
-        if celery_id is None:
-            return False, []
-        row = tx.task(execution_id, task_id)
-        if row is None or row.state != S.RUNNING or row.celery_id != celery_id:
-            return False, []
-        step = self._step(tx, execution_id)
-        if step.state != S.RUNNING:
-            return False, []
-        reason = f"worker process lost during attempt {row.attempts}; message redelivered"
-        return self._lose(step, task_id, reason), step.dispatch
-
-    def _lose(self, step: _Step, task_id: str, reason: str) -> bool:
+    # -- lost attempts, republishing -----------------------------------------------------------
+    def _lose(self, step: Step, task_id: str, reason: str) -> bool:
         """A running attempt was lost with its worker: back to `queued` if attempts remain.
 
         Otherwise the task fails (and what depends on it is settled); returns True if requeued.
@@ -752,7 +385,7 @@ class Coordinator:
 
         def body(tx: Tx) -> list[Dispatch]:
             out: list[Dispatch] = []
-            steps: dict[str, _Step] = {}
+            steps: dict[str, Step] = {}
             for eid, tid in items:
                 step = steps.get(eid) or steps.setdefault(eid, self._step(tx, eid))
                 res = tx.conn.execute(
@@ -772,6 +405,7 @@ class Coordinator:
         self._send(dispatches)
         return len(dispatches)
 
+    # -- task ends (from the worker's Celery signals; claims are in flowq.claims) -------------
     def succeeded(self, execution_id: str, task_id: str, result: Any) -> bool:
         """Record a task's result and dispatch what became ready; False if it was not running."""
         held = self._release(execution_id, task_id)
@@ -894,7 +528,7 @@ class Coordinator:
             row.deps_skipped,
         )
 
-    def _advance(self, step: _Step, because: str, order: Sequence[str], ended: Ended) -> None:
+    def _advance(self, step: Step, because: str, order: Sequence[str], ended: Ended) -> None:
         """Act on the successors a task's end decided, then settle whatever that cascaded."""
         ready: list[str] = []
         counters = {c.task_id: c for c in ended.successors}
@@ -934,128 +568,3 @@ class Coordinator:
             )
 
         return self.store.transact(body)
-
-    # -- control -------------------------------------------------------------------------------
-    def pause(self, execution_id: str) -> None:
-        """Stop starting tasks; running ones finish and keep their results."""
-        self.store.transact(
-            lambda tx: self._control(tx, execution_id, "pause", "paused by request")
-        )
-
-    def resume(self, execution_id: str) -> None:
-        """Continue a paused execution where it stopped."""
-
-        def body(tx: Tx) -> list[Dispatch]:
-            self._control(tx, execution_id, "resume", "resumed")
-            step = self._step(tx, execution_id)
-            waiting = tx.task_ids_in(execution_id, [S.QUEUED, S.RETRYING])
-            if not waiting and tx.execution(execution_id).tasks_remaining == 0:
-                self._finish(step)
-            return [self._dispatch_of(step, tid) for tid in waiting]
-
-        self._send(self.store.transact(body))
-
-    def cancel(self, execution_id: str) -> None:
-        """End the execution: revoke running tasks, start nothing more."""
-
-        def body(tx: Tx) -> list[str]:
-            self._control(tx, execution_id, "cancel", "cancelled by request")
-            revoke: list[str] = []
-            settled = 0
-            for row in tx.tasks(execution_id):
-                cancelled = _cancel_task(tx, execution_id, row)
-                if cancelled is not None:
-                    settled += 1
-                    if cancelled.state == S.RUNNING and cancelled.celery_id:
-                        revoke.append(cancelled.celery_id)
-            tx.settle_count(execution_id, settled)
-            return revoke
-
-        revoke = self.store.transact(body)
-        if revoke:
-            self.dispatcher.revoke(revoke)
-
-    def retry(self, execution_id: str) -> None:
-        """Run a failed execution again: its failed and never-run tasks; keep succeeded ones."""
-
-        def body(tx: Tx) -> list[Dispatch]:
-            self._control(tx, execution_id, "retry", "retried by request", error=None)
-            step = self._step(tx, execution_id)
-            return self._reset_for_retry(step)
-
-        self._send(self.store.transact(body))
-
-    def _reset_for_retry(self, step: _Step) -> list[Dispatch]:
-        tx, eid, wf = step.tx, step.execution_id, step.wf
-        rows = {r.task_id: r for r in tx.tasks(eid)}
-        reset: set[str] = set()
-        for tid in wf.task_ids:  # definition order is not topological: close over descendants
-            if rows[tid].state != S.SUCCEEDED and rows[tid].state != S.SKIPPED:
-                reset.add(tid)
-        todo = list(reset)
-        while todo:
-            for succ in wf.successors(todo.pop()):
-                if succ not in reset and rows[succ].state == S.SKIPPED:
-                    reset.add(succ)
-                    todo.append(succ)
-        for tid in wf.task_ids:
-            if tid not in reset:
-                continue
-            deps = wf.deps(tid)
-            counters: dict[str, Any] = {
-                "deps_remaining": sum(1 for d in deps if d in reset),
-                "deps_succeeded": sum(
-                    1 for d in deps if d not in reset and rows[d].state == S.SUCCEEDED
-                ),
-                "deps_skipped": sum(
-                    1 for d in deps if d not in reset and rows[d].state == S.SKIPPED
-                ),
-                "deps_failed": 0,
-            }
-            if rows[tid].state == S.PENDING:
-                tx.conn.execute(
-                    t.task_runs.update()
-                    .where(t.task_runs.c.execution_id == eid, t.task_runs.c.task_id == tid)
-                    .values(**counters)
-                )
-            else:
-                tx.cas_task(
-                    eid,
-                    tid,
-                    rows[tid].state,
-                    S.PENDING,
-                    "execution retried",
-                    error=None,
-                    result=None,
-                    finished_at=None,
-                    **counters,
-                )
-        tx.conn.execute(
-            t.executions.update().where(t.executions.c.id == eid).values(tasks_remaining=len(reset))
-        )
-        for tid in wf.task_ids:
-            if tid in reset and not any(d in reset for d in wf.deps(tid)):
-                row = tx.task(eid, tid)
-                assert row is not None
-                decision = rules.decide(
-                    wf.task(tid).trigger_rule,
-                    row.deps_total,
-                    0,
-                    row.deps_succeeded,
-                    0,
-                    row.deps_skipped,
-                )
-                self._act(step, tid, decision, "execution retried")
-        self._propagate(step)
-        self._settle(step)
-        return step.dispatch
-
-    @staticmethod
-    def _control(tx: Tx, execution_id: str, action: str, reason: str, **values: Any) -> str:
-        """Apply a control request as a compare-and-set; return the state it moved from."""
-        current = str(tx.execution(execution_id).state)
-        target = S.check_control(execution_id, current, action)
-        if not tx.cas_execution(execution_id, current, target, reason, **values):
-            now = tx.execution(execution_id).state
-            raise InvalidTransition("execution", execution_id, now, target, action)
-        return current
