@@ -19,7 +19,6 @@ a young table without statistics it otherwise does, and a claim scans every queu
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -380,8 +379,10 @@ CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 
 
 # One cursor per connection, reused by each statement (making one costs about a third of
-# what psycopg spends on a statement); a connection is used by one thread at a time.
-_cursors: weakref.WeakKeyDictionary[Raw, psycopg.Cursor[Any]] = weakref.WeakKeyDictionary()
+# what psycopg spends on a statement); a connection is used by one thread at a time. It is
+# kept on the connection itself, so that the two go together (a map from connections would
+# keep every connection ever used alive through its cursor).
+_CURSOR = "_flowq_cursor"
 
 
 def _execute(conn: Raw, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:
@@ -393,9 +394,10 @@ def _execute(conn: Raw, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any]
     """
     if observers:
         observe(sql, conn.autocommit and not conn.pgconn.pipeline_status)
-    cursor = _cursors.get(conn)
+    cursor: psycopg.Cursor[Any] | None = getattr(conn, _CURSOR, None)
     if cursor is None or cursor.closed:
-        cursor = _cursors[conn] = conn.cursor(row_factory=namedtuple_row)
+        cursor = conn.cursor(row_factory=namedtuple_row)
+        setattr(conn, _CURSOR, cursor)
     return cursor.execute(sql, params)
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from flowq.store import Store, Tx
+from flowq.store import Store, Tx, hotpath, utcnow
 from flowq.store import tables as t
 from flowq.store.hotpath import Succeeded
 from tests.store.conftest import empty_postgres_store
@@ -164,3 +166,17 @@ def test_the_last_success_completes_a_running_execution(store: Store) -> None:
     with store.engine.connect() as conn:
         row = conn.execute(sa.select(t.executions).where(t.executions.c.id == "e1")).one()
     assert (row.state, row.tasks_remaining) == ("completed", 0)
+
+
+def test_the_hot_path_reuses_a_cursor_and_keeps_no_closed_connection_alive(store: Store) -> None:
+    _setup(store, {"a": pending(1)})
+    conn = store.connect_raw()
+    assert hotpath.queue_pending(conn, utcnow(), "e1", ["a"], "test") == ["a"]
+    cursor = getattr(conn, hotpath._CURSOR)
+    assert hotpath.queue_pending(conn, utcnow(), "e1", ["a"], "again") == []  # queued already
+    assert getattr(conn, hotpath._CURSOR) is cursor
+    gone = weakref.ref(conn)
+    conn.close()
+    del conn, cursor
+    gc.collect()
+    assert gone() is None
