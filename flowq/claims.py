@@ -51,7 +51,7 @@ class Claims:
 
         ``digest`` (from the task's message) names the definition, so that a worker seeing an
         execution for the first time needs no read before its claim. ``hold``: the claim may
-        stay uncommitted until the task succeeds (see ``__init__``); only for a task that
+        stay uncommitted until the task succeeds (``Coordinator.__init__``); only for a task that
         ``may_hold`` allows, which the caller checked. The worker asks for it except for a
         redelivered message, whose earlier run may have died with its claim.
 

@@ -28,49 +28,54 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 
-_CLAIM = """
+# The row a claim takes, a queued task, and the condition that its execution runs
+_QUEUED_ROW = "execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'"
+_OF_RUNNING = """EXISTS (SELECT 1 FROM flowq_executions x
+                    WHERE x.id = %(e)s AND (x.state || '') = 'running')"""
+# What a claim writes on its row, as of {at}, besides its state and updated_at
+_CLAIM_SETS = (
+    "attempts = attempts + 1, started_at = {at}, celery_id = %(celery_id)s, worker = %(worker)s"
+)
+
+
+def _claim_write(at: str, where: str) -> str:
+    """A claim's row update and history row (a CTE ``c`` and an insert), as of ``at``."""
+    sets = _CLAIM_SETS.replace("{at}", at)
+    return f"""
 WITH c AS (
     UPDATE flowq_task_runs
-       SET state = 'running', attempts = attempts + 1, updated_at = %(now)s,
-           started_at = %(now)s, celery_id = %(celery_id)s, worker = %(worker)s
-     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'
-       AND EXISTS (SELECT 1 FROM flowq_executions x
-                    WHERE x.id = %(e)s AND (x.state || '') = 'running')
+       SET state = 'running', updated_at = {at}, {sets}
+     WHERE {where}
  RETURNING attempts
 ), h AS (
     INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
-    SELECT %(e)s, %(t)s, 'queued', 'running', 'attempt ' || c.attempts, %(now)s FROM c
-)
+    SELECT %(e)s, %(t)s, 'queued', 'running', 'attempt ' || c.attempts, {at} FROM c
+)"""
+
+
+_CLAIM = (
+    _claim_write("%(now)s", f"{_QUEUED_ROW}\n       AND {_OF_RUNNING}")
+    + """
 SELECT c.attempts, {results} AS results{meta}
   FROM c{join}
 """
+)
 # A held claim (flowq.store.held) only locks its row: the task's success then writes the claim
-# and the success as one row version (END_FAST_CLAIMED), and a claim committed without its
-# success (the timer, a failure) is written first (CLAIM_WRITE). The attempt number is the one
-# the write will make: nobody else can move the row while it is locked.
-_CLAIM_LOCK = """
+# and the success as one row version (END_FAST's second variant), and a claim committed without
+# its success (the timer, a failure) is written first (CLAIM_WRITE, which does not check the
+# execution again: the claim was made while it ran, and the locked row cannot have moved). The
+# attempt number is the one the write will make.
+_CLAIM_LOCK = f"""
 WITH c AS (
     SELECT attempts + 1 AS attempts FROM flowq_task_runs
-     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'
-       AND EXISTS (SELECT 1 FROM flowq_executions x
-                    WHERE x.id = %(e)s AND (x.state || '') = 'running')
+     WHERE {_QUEUED_ROW}
+       AND {_OF_RUNNING}
        FOR NO KEY UPDATE
 )
-SELECT c.attempts, {results} AS results{meta}
-  FROM c{join}
+SELECT c.attempts, {{results}} AS results{{meta}}
+  FROM c{{join}}
 """
-_CLAIMED = """
-    UPDATE flowq_task_runs
-       SET state = 'running', attempts = attempts + 1, updated_at = %(began)s,
-           started_at = %(began)s, celery_id = %(celery_id)s, worker = %(worker)s
-     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'
- RETURNING attempts"""
-CLAIM_WRITE = f"""
-WITH c AS ({_CLAIMED}
-)
-INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
-SELECT %(e)s, %(t)s, 'queued', 'running', 'attempt ' || c.attempts, %(began)s FROM c
-"""
+CLAIM_WRITE = _claim_write("%(began)s", _QUEUED_ROW) + "\nSELECT count(*) FROM c\n"
 _RESULTS = """(SELECT coalesce(jsonb_object_agg(r.task_id, r.result), '{}'::jsonb)
           FROM flowq_task_runs r
          WHERE r.execution_id = %(e)s AND {ids} AND (r.state || '') = 'succeeded')"""
@@ -230,9 +235,7 @@ SELECT (SELECT count(*) FROM c) AS ended,
 # [the claim was written before: running -> succeeded | a held claim's locked row:
 # queued -> running -> succeeded, both transitions in the history]
 _CLAIMED_FIELDS = {
-    "{claim}": """,
-           attempts = attempts + 1, started_at = %(began)s, celery_id = %(celery_id)s,
-           worker = %(worker)s""",
+    "{claim}": ", " + _CLAIM_SETS.replace("{at}", "%(began)s"),
     "{from}": "queued",
     "{claimed}": """SELECT -1 AS n, %(t)s::text AS task_id, 'queued' AS from_state,
                    'running' AS to_state, 'attempt ' || c.attempts AS reason, %(began)s AS at
