@@ -7,7 +7,7 @@ import copy
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -251,6 +251,23 @@ class Claims:
         recorded, dispatches = self.store.transact(body)
         self._send(dispatches)
         return recorded
+
+    def end_later(self, execution_id: str, task_id: str, end: Callable[[], None]) -> bool:
+        """Run ``end`` (the task's success: ``succeeded`` and what follows its commit) on the
+        finisher thread when the task's claim is held here; False, with nothing done, if it is
+        not: the caller runs ``end`` itself.
+
+        The calling pool process then goes on (Celery acknowledges the message, the next one
+        comes) while the commit waits for its WAL flush; its next claim waits for ``end``,
+        and so does a pool process exiting (``close``). A process killed before ``end`` has
+        sent its commit leaves the task `queued` with its claim's mark: the reconciler's
+        republish (``FLOWQ_REDISPATCH_SECONDS``) runs it again and the attempt is counted.
+        """
+        held = self._held.get((execution_id, task_id))
+        if held is None or self.holder is None:
+            return False
+        self.holder.hand_off(held, end)
+        return True
 
     def _release(self, execution_id: str, task_id: str) -> HeldClaim | None:
         """Stop holding a task's claim; the caller commits it or ends the task with it."""

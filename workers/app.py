@@ -225,6 +225,11 @@ class Runtime:
         self._coordinator = coordinator
         self._pid = os.getpid()
 
+    def close(self) -> None:
+        """Release this process's coordinator (its task ends handed off are over first)."""
+        if self._coordinator is not None and self._pid == os.getpid():
+            self._coordinator.close()
+
     def reset_after_fork(self) -> None:
         """Forget connections inherited from the parent process."""
         if self._coordinator is not None:

@@ -56,9 +56,17 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
 
     def on_success(sender: Task, result: Any, **_: Any) -> None:
         ids = _ids(sender.request)
-        if ids is not None and getattr(sender.request, "flowq_claim", None) is not None:
+        if ids is None or getattr(sender.request, "flowq_claim", None) is None:
+            return
+        request = sender.request
+
+        def end() -> None:
             _record(runtime, "succeeded", ids, lambda c: c.succeeded(ids[0], ids[1], result))
-            _clear_mark(runtime, sender.request, ids, later=True)
+            _clear_mark(runtime, request, ids, later=True)
+
+        # a held claim's success commits on the finisher thread (``Coordinator.end_later``)
+        if not runtime.coordinator.end_later(ids[0], ids[1], end):
+            end()
 
     def on_failure(sender: Task, exception: BaseException, **info: Any) -> None:
         ids = _ids(sender.request)
@@ -115,7 +123,11 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         while maintenance:
             maintenance.pop().stop()
 
+    def on_process_shutdown(**_: Any) -> None:
+        runtime.close()  # the task ends handed to the finisher thread are committed first
+
     signals.worker_process_init.connect(on_process_init, weak=False)
+    signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
     signals.worker_ready.connect(on_ready, weak=False)
     signals.worker_shutdown.connect(on_shutdown, weak=False)
 

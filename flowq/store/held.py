@@ -16,12 +16,18 @@ first (``HeldClaim.commit``). If the process dies
 before the commit, Postgres rolls the claim back and the task is `queued` again; the worker
 marks each held claim outside the store (``workers.markers``) so that the next claim of the
 task, from whichever message, records the lost attempt (``Coordinator.record_lost_claim``).
+
+A worker hands a held claim's success to the holder's finisher thread (``hand_off``), so that
+the commit's wait for its WAL flush overlaps with what the pool process does next (returning
+the result, taking the next message). The next claim on the same connection waits for that
+end first; ``drain`` (a pool process exiting, ``close``) waits for every end handed off.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -36,6 +42,7 @@ from flowq.store.store import Store, Tx
 
 log = logging.getLogger("flowq.store")
 T = TypeVar("T")
+CLOSE_DRAIN_SECONDS = 30.0  # how long ``close`` waits for the ends handed off
 
 
 @dataclass(eq=False)
@@ -53,6 +60,7 @@ class HeldClaim:
     open: bool = True  # the claim is not committed yet (its row locked, not written)
     lost: bool = False  # rolled back with the end statement that was to commit it
     since: float = field(default_factory=time.monotonic)
+    ended: threading.Event | None = None  # set once an end handed off (``hand_off``) is over
 
     @property
     def claiming(self) -> hotpath.Claiming:
@@ -97,6 +105,11 @@ class Holder:
         self._inherited: list[Any] = []  # a parent process's connections: never used or closed
         self._conns: list[hotpath.Raw] = []  # every thread's, for close()
         self._conns_lock = threading.Lock()
+        # ends handed off, each with the event to set once it is over
+        self._ends: queue.SimpleQueue[tuple[threading.Event, Callable[[], None]]] = (
+            queue.SimpleQueue()
+        )
+        self._finisher: threading.Thread | None = None
 
     def claim(
         self,
@@ -112,8 +125,10 @@ class Holder:
 
         None when ``fn`` claimed nothing (its empty transaction is ended at once).
         """
-        conn, pipeline = self._connection()
         before: HeldClaim | None = getattr(self._local, "held", None)
+        if before is not None and before.ended is not None:  # its end is on the finisher
+            before.ended.wait()  # the connection is the finisher's until that end is over
+        conn, pipeline = self._connection()
         if before is not None:  # one claim per transaction: an earlier one is committed now
             before.commit()
         tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now, holding=True)
@@ -168,6 +183,44 @@ class Holder:
                 held.open = False
                 tx.close()
 
+    def hand_off(self, held: HeldClaim, end: Callable[[], None]) -> None:
+        """Run ``end``, the held claim's end (its ``finish`` and whatever follows the commit),
+        on the finisher thread; return at once.
+
+        Until ``end`` is over, the next claim of this thread waits for it (it needs the
+        connection) and ``drain`` waits for it; an error ``end`` raises is logged.
+        """
+        self._forked()
+        held.ended = threading.Event()
+        self._start_finisher()
+        self._ends.put((held.ended, end))
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every end handed off in this process is over; False if ``timeout`` passed."""
+        if self._pid != os.getpid() or self._finisher is None:
+            return True
+        done = threading.Event()
+        self._ends.put((done, lambda: None))  # the finisher takes ends in order
+        return done.wait(timeout)
+
+    def _start_finisher(self) -> None:
+        with self._wake:
+            if self._finisher is None:
+                self._finisher = threading.Thread(
+                    target=self._finish_ends, name="flowq-task-ends", daemon=True
+                )
+                self._finisher.start()
+
+    def _finish_ends(self) -> None:
+        while True:
+            over, end = self._ends.get()
+            try:
+                end()
+            except Exception:
+                log.exception("a task's end on the finisher thread failed")
+            finally:
+                over.set()
+
     def abandon(self, held: HeldClaim) -> None:
         """Roll a claim that is still open back (its connection is closed; the next claim on
         this thread opens another)."""
@@ -177,11 +230,15 @@ class Holder:
                 self._drop(held.conn)
 
     # -- connections -----------------------------------------------------------------------------
-    def _connection(self) -> tuple[hotpath.Raw, psycopg.Pipeline]:
-        if self._pid != os.getpid():  # forked: the parent's connections and timer are not ours
+    def _forked(self) -> None:
+        if self._pid != os.getpid():  # forked: the parent's connections and threads are not ours
             self._inherited += [self._local, self._conns]
             self._local, self._conns = threading.local(), []
             self._open, self._timer, self._pid = {}, None, os.getpid()
+            self._ends, self._finisher = queue.SimpleQueue(), None
+
+    def _connection(self) -> tuple[hotpath.Raw, psycopg.Pipeline]:
+        self._forked()
         conn: hotpath.Raw | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
             conn = self.store.connect_raw()
@@ -205,6 +262,7 @@ class Holder:
         """Close every thread's connection (open claims on them are rolled back)."""
         if self._pid != os.getpid():
             return
+        self.drain(CLOSE_DRAIN_SECONDS)
         with self._wake:  # claims still open go with their connections: not the timer's
             for held in self._open.values():
                 if held.open:

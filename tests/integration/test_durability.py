@@ -331,3 +331,30 @@ def test_postgres_restarted_while_a_workflow_runs(
     for i in range(8):
         assert [h["to"] for h in history if h["task_id"] == f"s{i}"].count("succeeded") == 1
     assert_legal_history(history)
+
+
+def test_pool_processes_exiting_after_each_task_lose_no_success(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    # a held claim's success commits on the pool process's finisher thread, after the task
+    # returned: a pool process that exits after each task (worker_max_tasks_per_child = 1)
+    # must commit it first; no reconciler republish here to make up for a lost one
+    (tmp_path / "one_task_per_child.py").write_text("worker_max_tasks_per_child = 1\n")
+    env = {
+        "FLOWQ_CELERY_CONFIG": "one_task_per_child",
+        "PYTHONPATH": os.pathsep.join([cluster.env["PYTHONPATH"], str(tmp_path)]),
+        "FLOWQ_REDISPATCH_SECONDS": "600",
+        "FLOWQ_CLAIM_HOLD_SECONDS": "30",  # every claim stays held until its success
+    }
+    start(cluster, dedicated, "one_task_children", concurrency=2, env=env)
+    chain = [task(f"c{i}", "whoami", (f"c{i - 1}",) if i else ()) for i in range(4)]
+    fan = [task(f"f{i}", "whoami", ("c3",)) for i in range(4)]
+    wf = Workflow.from_dict({"id": "k_child_exits", "tasks": [*chain, *fan]})
+    client.register(wf, replace=True)
+    doc = client.wait(client.start("k_child_exits", {}), timeout=60)
+    assert doc["state"] == "completed", doc
+    tasks = doc["tasks"]
+    assert all(t["attempts"] == 1 for t in tasks.values())
+    pids = [tasks[f"c{i}"]["result"]["pid"] for i in range(4)]
+    assert len(set(pids)) == 4, "each task ran in a new pool process"
+    assert_legal_history(client.history(doc["execution_id"]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -170,3 +171,76 @@ def test_a_handed_back_success_takes_the_held_claim_with_it(store: Store) -> Non
         holder.close()
     assert rows(store)["a"][0] == "queued"
     assert rows(store)["f"][0] == "running"
+
+
+def claim_of(holder: Holder, task_id: str) -> tuple[Claimed, HeldClaim]:
+    got = holder.claim(
+        lambda tx: tx.claim_queued("e1", task_id, [], celery_id=f"c-{task_id}", worker="w1"),
+        "e1",
+        task_id,
+        utcnow(),
+        f"c-{task_id}",
+        "w1",
+    )
+    assert got is not None
+    return got
+
+
+def test_a_success_handed_off_commits_on_the_finisher_before_the_next_claim(store: Store) -> None:
+    # the pool process goes on while the success commits; its next claim (same connection)
+    # waits until the success handed off is over
+    _setup(store, {"a": queued(), "b": pending(1), "c": queued()}, remaining=3)
+    holder = Holder(store, hold=30)
+    events: list[str] = []
+    out: list[Succeeded | None] = []
+    threads: set[int] = set()
+
+    def end() -> None:
+        threads.add(threading.get_ident())
+        time.sleep(0.3)  # a slow commit: the next claim must not overtake it
+        out.append(succeed(holder, held, ["b"]))
+        events.append("a ended")
+
+    try:
+        _, held = claim(holder)
+        holder.hand_off(held, end)
+        events.append("handed off")
+        _, next_held = claim_of(holder, "c")
+        events.append("c claimed")
+        assert events == ["handed off", "a ended", "c claimed"]
+        assert threads and threading.get_ident() not in threads
+        assert out == [Succeeded(["b"], "running")] and not held.lost
+        next_held.commit()
+    finally:
+        holder.close()
+    assert rows(store)["a"] == ("succeeded", 0, 0, {"v": 1})
+    assert rows(store)["c"][0] == "running"
+    written = xmins(store)
+    assert written[("a", "running")] == written[("a", "succeeded")], "still one transaction"
+
+
+def test_drain_and_close_wait_for_the_ends_handed_off(store: Store) -> None:
+    _setup(store, {"a": queued(), "b": pending(1), "c": queued()}, remaining=3)
+    holder = Holder(store, hold=30)
+    assert holder.drain(0.01)  # nothing handed off: nothing to wait for
+    _, held = claim(holder)
+
+    def slow() -> None:
+        time.sleep(0.3)
+        succeed(holder, held, ["b"])
+
+    holder.hand_off(held, slow)
+    assert not holder.drain(0.01)
+    assert holder.drain(10)
+    assert rows(store)["a"][0] == "succeeded"
+    # an end that fails is logged; what waits for it goes on
+    _, held_c = claim_of(holder, "c")
+
+    def broken() -> None:
+        time.sleep(0.2)
+        raise RuntimeError("boom")
+
+    holder.hand_off(held_c, broken)
+    holder.close()  # drains first, then rolls back what is still open
+    assert held_c.ended is not None and held_c.ended.is_set()
+    assert rows(store)["c"][0] == "queued"

@@ -230,3 +230,34 @@ def test_a_cancel_waiting_on_a_held_claim_cancels_the_task_it_became(
     assert task_a(store, d.execution_id)[:2] == ("cancelled", 1)
     assert revoked == ["m-1"]
     a.close()
+
+
+def test_a_held_success_ended_later_commits_and_dispatches_on_the_finisher(
+    store: Store, marks: Marks
+) -> None:
+    import threading
+
+    a, sent = worker(store)
+    d = start(a, sent)
+    claim = message(SimpleNamespace(coordinator=a, marks=marks), d)
+    assert claim is not None and claim.held
+    ran_on: list[int] = []
+
+    def end() -> None:
+        ran_on.append(threading.get_ident())
+        assert a.succeeded(d.execution_id, "a", {"ok": True})
+
+    assert a.end_later(d.execution_id, "a", end)
+    assert a.holder is not None and a.holder.drain(10)
+    assert ran_on and ran_on[0] != threading.get_ident()
+    state, attempts, steps = task_a(store, d.execution_id)
+    assert (state, attempts) == ("succeeded", 1)
+    assert [(f, t) for f, t, _ in steps][-2:] == [("queued", "running"), ("running", "succeeded")]
+    assert [x.task_id for x in sent.sent] == ["b"]  # published by the finisher, after the commit
+    # a claim not held (a redelivered message's) ends in the caller: nothing is handed off
+    b, _ = worker(store)
+    again = message(SimpleNamespace(coordinator=b, marks=marks), sent.sent[0], redelivered=True)
+    assert again is not None and not again.held
+    assert not b.end_later(d.execution_id, "b", lambda: None)
+    a.close()
+    b.close()
