@@ -216,7 +216,7 @@ class Holder:
             over, end = self._ends.get()
             try:
                 end()
-            except Exception:
+            except BaseException:  # whatever it was, the ends after it still need the thread
                 log.exception("a task's end on the finisher thread failed")
             finally:
                 over.set()

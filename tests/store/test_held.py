@@ -238,9 +238,12 @@ def test_drain_and_close_wait_for_the_ends_handed_off(store: Store) -> None:
 
     def broken() -> None:
         time.sleep(0.2)
-        raise RuntimeError("boom")
+        raise SystemExit("boom")  # not even this stops the finisher
 
     holder.hand_off(held_c, broken)
+    later: list[str] = []
+    holder.hand_off(held_c, lambda: later.append("ran"))  # an end after the failed one
     holder.close()  # drains first, then rolls back what is still open
     assert held_c.ended is not None and held_c.ended.is_set()
+    assert later == ["ran"]
     assert rows(store)["c"][0] == "queued"
