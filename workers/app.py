@@ -4,7 +4,7 @@ Retries: a failed attempt (any exception but ``PermanentError``) is recorded as 
 re-sent by Celery with ``countdown=backoff_delay(...)``: ``retry_backoff`` doubling per retry,
 capped by ``retry_backoff_max``, jittered in [0, delay] when ``retry_jitter``. The worker holds
 that message as an ETA task, unacknowledged; validation keeps the cap (and ``timeout``) at most
-``flowq.definition.MAX_BROKER_WAIT`` (3000 s), below Redis' ``visibility_timeout`` (3600 s), so a
+``flowq.task_types.MAX_BROKER_WAIT`` (3000 s), below Redis' ``visibility_timeout`` (3600 s), so a
 delayed retry is never redelivered and run twice (celery#2481, kombu#337).
 
 Timeouts: under the prefork pool Celery enforces ``timeout`` itself (``time_limits``): the soft
