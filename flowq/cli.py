@@ -127,9 +127,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _follow(client: Any, eid: str, started: float, quiet: bool) -> dict[str, Any]:
-    """Print each task transition as it is recorded, until the execution ends."""
+    """Print each task transition as it is recorded, until the execution ends.
+
+    The state is read before the history: once it says ended, that history holds every
+    transition up to the end (the end commits with the last task's), so none goes unprinted.
+    """
     last = 0
     while True:
+        doc: dict[str, Any] = client.status(eid)
         for event in client.history(eid):
             if event["id"] <= last:
                 continue
@@ -145,7 +150,6 @@ def _follow(client: Any, eid: str, started: float, quiet: bool) -> dict[str, Any
                 f"{event['to']}{reason}",
                 flush=True,
             )
-        doc: dict[str, Any] = client.status(eid)
         if doc["state"] in S.EXECUTION_ENDED:
             return doc
         time.sleep(0.05)

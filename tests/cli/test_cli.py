@@ -213,3 +213,39 @@ def test_refused_transition_exits_one_naming_the_state(env: dict[str, str], tmp_
     assert len(res.stderr.strip().splitlines()) == 1
     res = flowq(env, "retry", doc["execution_id"])
     assert res.returncode == 1 and "'completed'" in res.stderr
+
+
+class _EndsBetweenReads:
+    """A client whose execution ends while `flowq run` follows it: its last task's success
+    and the end are committed right after each read (the race `_follow` must not lose)."""
+
+    def __init__(self) -> None:
+        self.events = [{"id": 1, "task_id": "a", "to": "running", "reason": None}]
+        self.state = "running"
+
+    def _commit_the_end(self) -> None:
+        if self.state == "running":
+            self.events.append({"id": 2, "task_id": "a", "to": "succeeded", "reason": None})
+            self.events.append({"id": 3, "task_id": None, "to": "completed", "reason": None})
+            self.state = "completed"
+
+    def history(self, _eid: str) -> list[dict[str, Any]]:
+        events = list(self.events)
+        self._commit_the_end()
+        return events
+
+    def status(self, _eid: str) -> dict[str, Any]:
+        doc = {"state": self.state}
+        self._commit_the_end()
+        return doc
+
+
+def test_run_prints_the_last_transition_even_when_the_end_lands_between_reads(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from flowq.cli import _follow
+
+    doc = _follow(_EndsBetweenReads(), "e1", 0.0, quiet=False)
+    assert doc["state"] == "completed"
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("] ", 1)[1] for line in lines] == ["▶ a running", "✓ a succeeded"]
