@@ -2,7 +2,8 @@
 in one commit.
 
 A worker's claim and a task's success are one statement each (``flowq.store.hotpath``). Sent
-on a connection in pipeline mode, statements between two Syncs form one implicit transaction,
+on a connection in pipeline mode (a ``flowq.store.wire.Wire``: libpq's pipeline, driven
+directly), statements between two Syncs form one implicit transaction,
 committed by the Sync. A held claim goes out with a Flush (its result comes back, nothing is
 committed) and only locks the task's row (``FOR NO KEY UPDATE``: no other claim, cancel or
 end can move it meanwhile); the success goes out with the Sync and writes the claim and the
@@ -35,10 +36,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
-import psycopg
-
 from flowq.store import hotpath
 from flowq.store.store import Store, Tx
+from flowq.store.wire import Wire
 
 log = logging.getLogger("flowq.store")
 T = TypeVar("T")
@@ -49,8 +49,7 @@ CLOSE_DRAIN_SECONDS = 30.0  # how long ``close`` waits for the ends handed off
 class HeldClaim:
     """A claim whose transaction is still open on its thread's pipeline connection."""
 
-    conn: hotpath.Raw
-    pipeline: psycopg.Pipeline
+    conn: Wire
     execution_id: str
     task_id: str
     began: datetime  # the claim's time, for a re-claim after a rollback
@@ -78,7 +77,7 @@ class HeldClaim:
                 try:
                     hotpath.write_claim(self.conn, self.execution_id, self.task_id, self.claiming)
                     hotpath.observe(hotpath.SYNC, True)
-                    self.pipeline.sync()
+                    self.conn.sync()
                 except BaseException:
                     self.lost = True
                     raise
@@ -103,7 +102,7 @@ class Holder:
         self._wake = threading.Lock()
         self._timer: threading.Thread | None = None
         self._inherited: list[Any] = []  # a parent process's connections: never used or closed
-        self._conns: list[hotpath.Raw] = []  # every thread's, for close()
+        self._conns: list[Wire] = []  # every thread's, for close()
         self._conns_lock = threading.Lock()
         # ends handed off, each with the event to set once it is over
         self._ends: queue.SimpleQueue[tuple[threading.Event, Callable[[], None]]] = (
@@ -128,11 +127,11 @@ class Holder:
         before: HeldClaim | None = getattr(self._local, "held", None)
         if before is not None and before.ended is not None:  # its end is on the finisher
             before.ended.wait()  # the connection is the finisher's until that end is over
-        conn, pipeline = self._connection()
+        conn = self._connection()
         if before is not None:  # one claim per transaction: an earlier one is committed now
             before.commit()
         tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now, holding=True)
-        held = HeldClaim(conn, pipeline, execution_id, task_id, now, celery_id, worker)
+        held = HeldClaim(conn, execution_id, task_id, now, celery_id, worker)
         self._local.held = held
         try:
             out = fn(tx)
@@ -144,7 +143,7 @@ class Holder:
         if out is None:  # nothing locked, nothing to write: end the empty transaction
             held.open = False
             hotpath.observe(hotpath.SYNC, True)
-            pipeline.sync()
+            conn.sync()
             return None
         self._schedule(held)
         return out, held
@@ -168,7 +167,7 @@ class Holder:
 
             def commit() -> None:
                 hotpath.observe(hotpath.SYNC, True)
-                held.pipeline.sync()
+                held.conn.sync()
 
             try:
                 out = fn(tx, commit, held.claiming if was_open else None)
@@ -237,20 +236,22 @@ class Holder:
             self._open, self._timer, self._pid = {}, None, os.getpid()
             self._ends, self._finisher = queue.SimpleQueue(), None
 
-    def _connection(self) -> tuple[hotpath.Raw, psycopg.Pipeline]:
+    def _connection(self) -> Wire:
         self._forked()
-        conn: hotpath.Raw | None = getattr(self._local, "conn", None)
+        conn: Wire | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
-            conn = self.store.connect_raw()
-            entered = conn.pipeline()
-            pipeline = entered.__enter__()  # in pipeline mode for the connection's life
-            self._local.conn, self._local.pipeline = conn, pipeline
-            self._local.entered = entered
+            raw = self.store.connect_raw()
+            try:
+                conn = Wire(raw)  # in pipeline mode for the connection's life
+            except BaseException:
+                raw.close()
+                raise
+            self._local.conn = conn
             with self._conns_lock:
                 self._conns.append(conn)
-        return conn, self._local.pipeline
+        return conn
 
-    def _drop(self, conn: hotpath.Raw) -> None:
+    def _drop(self, conn: Wire) -> None:
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
         with self._conns_lock:

@@ -28,6 +28,8 @@ import psycopg
 from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 
+from flowq.store.wire import Pending, Wire
+
 # The row a claim takes, a queued task, and the condition that its execution runs
 _QUEUED_ROW = "execution_id = %(e)s AND task_id = %(t)s AND (state || '') = 'queued'"
 _OF_RUNNING = """EXISTS (SELECT 1 FROM flowq_executions x
@@ -376,6 +378,7 @@ def observe(sql: str, commits: bool) -> None:
 
 
 Raw = psycopg.Connection[Any]
+Conn = Raw | Wire  # a held claim's connection is a Wire (flowq.store.held)
 # What a statement sent on a raw connection raises when the connection is lost (or, for
 # OperationalError, on a deadlock): the callers retry or fall back
 CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
@@ -388,15 +391,17 @@ CONNECTION_ERRORS = (psycopg.OperationalError, psycopg.InterfaceError)
 _CURSOR = "_flowq_cursor"
 
 
-def _execute(conn: Raw, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any]:
-    """Send one statement on a psycopg connection; rows come back as named tuples.
+def _execute(conn: Conn, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any] | Pending:
+    """Send one statement on a psycopg connection or a ``Wire``; rows come back as named tuples.
 
     It runs inside whatever is open on that connection: the transaction SQLAlchemy began, or
-    none in autocommit mode. The cursor returned is the connection's own: read its rows
-    before the next statement on that connection.
+    none in autocommit mode, or a Wire's pipeline transaction. The cursor returned is the
+    connection's own: read its rows before the next statement on that connection.
     """
     if observers:
         observe(sql, conn.autocommit and not conn.pgconn.pipeline_status)
+    if isinstance(conn, Wire):
+        return conn.execute(sql, params)
     cursor: psycopg.Cursor[Any] | None = getattr(conn, _CURSOR, None)
     if cursor is None or cursor.closed:
         cursor = conn.cursor(row_factory=namedtuple_row)
@@ -405,7 +410,7 @@ def _execute(conn: Raw, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any]
 
 
 def claim_queued(
-    conn: Raw,
+    conn: Conn,
     now: datetime,
     execution_id: str,
     task_id: str,
@@ -447,7 +452,7 @@ def _claiming_params(execution_id: str, task_id: str, claiming: Claiming) -> dic
     }
 
 
-def write_claim(conn: Raw, execution_id: str, task_id: str, claiming: Claiming) -> None:
+def write_claim(conn: Conn, execution_id: str, task_id: str, claiming: Claiming) -> None:
     """Write a claim whose row ``claim_queued(lock_only=True)`` locked: queued -> running, as
     of when it was made. Its results are not read: in pipeline mode, the Sync that follows
     commits it."""
@@ -455,7 +460,7 @@ def write_claim(conn: Raw, execution_id: str, task_id: str, claiming: Claiming) 
 
 
 def end_task(
-    conn: Raw,
+    conn: Conn,
     now: datetime,
     execution_id: str,
     task_id: str,
@@ -486,7 +491,7 @@ def end_task(
 
 
 def succeed_fast(
-    conn: Raw,
+    conn: Conn,
     now: datetime,
     execution_id: str,
     task_id: str,
@@ -532,7 +537,7 @@ def succeed_fast(
 
 
 def queue_pending(
-    conn: Raw, now: datetime, execution_id: str, task_ids: Sequence[str], reason: str
+    conn: Conn, now: datetime, execution_id: str, task_ids: Sequence[str], reason: str
 ) -> list[str]:
     """pending -> queued for each of ``task_ids``; the ids that moved."""
     params = {"now": now, "e": execution_id, "ids": _ids_param(task_ids), "reason": reason}
@@ -540,7 +545,7 @@ def queue_pending(
 
 
 def start_execution(
-    conn: Raw,
+    conn: Conn,
     now: datetime,
     execution: dict[str, Any],
     task_deps: Sequence[tuple[str, int]],

@@ -58,7 +58,7 @@ class Tx:
         self,
         conn: sa.Connection | None,
         *,
-        raw: hotpath.Raw | None = None,
+        raw: hotpath.Conn | None = None,
         connect: Callable[[], sa.Connection] | None = None,
         now: datetime | None = None,
         holding: bool = False,
@@ -89,7 +89,7 @@ class Tx:
         return self._conn
 
     @property
-    def raw(self) -> hotpath.Raw:
+    def raw(self) -> hotpath.Conn:
         """Postgres: the psycopg connection hot-path statements go to."""
         assert self._raw is not None, "the hot path is Postgres only"
         return self._raw
@@ -730,7 +730,8 @@ class Store:
         connections; anything else on a pooled SQLAlchemy connection, opened only if ``fn``
         asks for one."""
 
-        tx = Tx(None, raw=self._hot_checkout(), connect=self.sa_connect, now=now)
+        raw = self._hot_checkout()
+        tx = Tx(None, raw=raw, connect=self.sa_connect, now=now)
         try:
             out = fn(tx)
             if tx.has_pending_history:
@@ -738,7 +739,7 @@ class Store:
             return out
         finally:
             tx.close()
-            self._hot_checkin(tx.raw)  # a broken one is closed, not kept
+            self._hot_checkin(raw)  # a broken one is closed, not kept
 
     def read(self, fn: Callable[[Tx], T]) -> T:
         """Run a read-only ``fn``."""
