@@ -13,7 +13,7 @@ down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# A single-statement task end (flowq.store.hotpath.END_FAST) calls this when what it changed
+# A single-statement task end (flowq.store.statements.END_FAST) calls this when what it changed
 # needs a decision only Python makes (a successor to skip, an execution to finish): the error
 # undoes the whole statement, and the coordinator runs the transactional end instead.
 CREATE = """

@@ -1,0 +1,71 @@
+"""A transaction's worker records and the reconciler's scans (a base of ``Tx``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from flowq.store import tables as t
+
+
+class Upkeep:
+    """``Tx``'s heartbeats of workers and the scans for lost and stale tasks."""
+
+    if TYPE_CHECKING:  # Tx's, used here
+        now: datetime
+
+        @property
+        def conn(self) -> sa.Connection: ...
+
+    def heartbeat(self, name: str, pid: int) -> None:
+        """Record that worker ``name`` is alive now."""
+        res = self.conn.execute(
+            t.workers.update().where(t.workers.c.name == name).values(pid=pid, last_seen=self.now)
+        )
+        if res.rowcount == 0:
+            self.conn.execute(
+                t.workers.insert().values(
+                    name=name, pid=pid, started_at=self.now, last_seen=self.now
+                )
+            )
+
+    def forget_worker(self, name: str) -> None:
+        """Remove a worker that shut down cleanly."""
+        self.conn.execute(t.workers.delete().where(t.workers.c.name == name))
+
+    def lost_running(self, cutoff: datetime, limit: int = 500) -> list[sa.Row[Any]]:
+        """Running tasks whose worker has not been seen since ``cutoff`` (or never was)."""
+        c = t.task_runs.c
+        alive = sa.select(t.workers.c.name).where(t.workers.c.last_seen >= cutoff)
+        return list(
+            self.conn.execute(
+                sa.select(c.execution_id, c.task_id, c.worker, c.celery_id)
+                .join(t.executions, t.executions.c.id == c.execution_id)
+                .where(
+                    c.state == "running",
+                    t.executions.c.state.in_(["running", "paused"]),
+                    c.updated_at < cutoff,
+                    sa.or_(c.worker.is_(None), c.worker.not_in(alive)),
+                )
+                .limit(limit)
+            )
+        )
+
+    def stale_waiting(self, cutoff: datetime, limit: int = 500) -> list[sa.Row[Any]]:
+        """Queued or retrying tasks of running executions, due before ``cutoff``, not started."""
+        c = t.task_runs.c
+        return list(
+            self.conn.execute(
+                sa.select(c.execution_id, c.task_id, c.state)
+                .join(t.executions, t.executions.c.id == c.execution_id)
+                .where(
+                    c.state.in_(["queued", "retrying"]),
+                    t.executions.c.state == "running",
+                    c.queued_at < cutoff,
+                )
+                .order_by(c.queued_at)
+                .limit(limit)
+            )
+        )
