@@ -18,13 +18,20 @@ from sqlalchemy import exc as sa_exc
 from flowq.store import hotpath
 from flowq.store.engine import create_engine, is_sqlite
 from flowq.store.migrate import upgrade
-from flowq.store.tx import Tx, iso, utcnow
+from flowq.store.tx import iso, utcnow
+from flowq.store.tx_hot import HotPath
+from flowq.store.upkeep import Upkeep
 
 __all__ = ["Store", "Tx", "iso", "utcnow"]
 
 log = logging.getLogger("flowq.store")
 T = TypeVar("T")
 HOT_IDLE = 5  # idle hot-path connections a Store keeps (one per thread that is using one)
+
+
+class Tx(HotPath, Upkeep):
+    """One database transaction: compare-and-set updates plus batched history rows, the
+    per-task hot path, and the workers' records and scans."""
 
 
 def _run(fn: Callable[[Tx], T], tx: Tx) -> T:

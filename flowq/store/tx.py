@@ -11,8 +11,6 @@ import sqlalchemy as sa
 from flowq.errors import Conflict, NotFound
 from flowq.store import hotpath
 from flowq.store import tables as t
-from flowq.store.tx_hot import HotPath
-from flowq.store.upkeep import Upkeep
 
 ROW_COLUMNS = (
     "state",
@@ -39,8 +37,9 @@ def iso(value: datetime | None) -> str | None:
     return value.astimezone(UTC).isoformat()
 
 
-class Tx(HotPath, Upkeep):
-    """One database transaction: compare-and-set updates plus batched history rows."""
+class TxBase:
+    """One database transaction: compare-and-set updates plus batched history rows (the
+    generic part of ``flowq.store.store.Tx``)."""
 
     def __init__(
         self,

@@ -1,55 +1,18 @@
-"""A transaction's per-task hot path: one statement each on Postgres (a base of ``Tx``)."""
+"""A transaction's per-task hot path, one statement each on Postgres (a base of ``Tx``)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
-from typing import TYPE_CHECKING, Any
-
-import sqlalchemy as sa
+from typing import Any
 
 from flowq.store import hotpath
 from flowq.store.hotpath import Claimed, Counters, Ended, Meta, Succeeded
+from flowq.store.tx import TxBase
 
 
-class HotPath:
+class HotPath(TxBase):
     """``Tx``'s claim, task end, success, start and queueing: ``flowq.store.hotpath``'s single
     statements on Postgres, the generic compare-and-set methods on SQLite."""
-
-    if TYPE_CHECKING:  # Tx's, used here
-        now: datetime
-        postgres: bool
-        holding: bool
-
-        @property
-        def raw(self) -> hotpath.Conn: ...
-        def flush(self) -> None: ...
-        def execution(self, execution_id: str) -> sa.Row[Any]: ...
-        def results(self, execution_id: str, task_ids: Iterable[str] | None) -> dict[str, Any]: ...
-        def settle_count(self, execution_id: str, settled: int) -> tuple[int, str | None]: ...
-        def count_upstream_end(
-            self, execution_id: str, task_id: str, upstream_state: str
-        ) -> sa.Row[Any] | None: ...
-        def cas_task(
-            self,
-            execution_id: str,
-            task_id: str,
-            expected: str,
-            to: str,
-            reason: str | None = None,
-            *,
-            require_execution: str | None = None,
-            **values: Any,
-        ) -> bool: ...
-        def claim(
-            self,
-            execution_id: str,
-            task_id: str,
-            expected: str,
-            *,
-            attempts: int | None = None,
-            **values: Any,
-        ) -> int | None: ...
 
     def claim_queued(
         self,

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
 
 from flowq.store import tables as t
+from flowq.store.tx import TxBase
 
 
-class Upkeep:
+class Upkeep(TxBase):
     """``Tx``'s heartbeats of workers and the scans for lost and stale tasks."""
-
-    if TYPE_CHECKING:  # Tx's, used here
-        now: datetime
-
-        @property
-        def conn(self) -> sa.Connection: ...
 
     def heartbeat(self, name: str, pid: int) -> None:
         """Record that worker ``name`` is alive now."""
