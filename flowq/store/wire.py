@@ -18,6 +18,7 @@ import hashlib
 import json
 import re
 import select
+import threading
 from collections import deque, namedtuple
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
@@ -220,6 +221,9 @@ class Wire:
         # it prepared first, if it did) or a Sync (None)
         self._unread: deque[tuple[Pending | None, bytes | None]] = deque()
         self._broken = False
+        # one call at a time, as psycopg's connection lock did: a connection's claims, their
+        # timer and the finisher thread take turns, and libpq must never see two at once
+        self._lock = threading.Lock()
         self._readable = select.poll()
         self._readable.register(self.pgconn.socket, select.POLLIN)
         self._writable = select.poll()
@@ -235,7 +239,8 @@ class Wire:
         return self._broken or self.conn.broken or self.pgconn.status == pq.ConnStatus.BAD
 
     def close(self) -> None:
-        self.conn.close()
+        with self._lock:
+            self.conn.close()
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> Pending:
         """Send a statement (not flushed yet); its result is read when asked for or at ``sync``."""
@@ -243,41 +248,46 @@ class Wire:
         params = params or {}
         encoded = [encode(params[name]) for name in st.params]
         prepared = None
-        try:
-            if st.name not in self._prepared:
-                self.pgconn.send_prepare(st.name, st.text, _types(st, params))
-                self._prepared.add(st.name)
-                prepared = st.name
-            self.pgconn.send_query_prepared(st.name, encoded)
-        except psycopg.OperationalError:
-            self._broken = True
-            raise
         pending = Pending(self)
-        self._unread.append((pending, prepared))
+        with self._lock:
+            try:
+                if st.name not in self._prepared:
+                    self.pgconn.send_prepare(st.name, st.text, _types(st, params))
+                    self._prepared.add(st.name)
+                    prepared = st.name
+                self.pgconn.send_query_prepared(st.name, encoded)
+            except psycopg.OperationalError:
+                self._broken = True
+                raise
+            self._unread.append((pending, prepared))
         return pending
 
     def sync(self) -> None:
         """Commit what was sent since the last Sync (roll it back after an error), reading
         every result up to it; raise the first statement error among them."""
-        try:
-            self.pgconn.pipeline_sync()  # the statements and the Sync leave in one write
-            self._flush()
-        except psycopg.OperationalError:
-            self._broken = True
-            raise
-        self._unread.append((None, None))
-        self._read(None)
+        with self._lock:
+            try:
+                self.pgconn.pipeline_sync()  # the statements and the Sync leave in one write
+                self._flush()
+            except psycopg.OperationalError:
+                self._broken = True
+                raise
+            self._unread.append((None, None))
+            self._read(None)
 
     def read_through(self, pending: Pending) -> None:
         """Read the results up to ``pending``'s, asking the server to send what it has; raise
         the first statement error among them."""
-        try:
-            self.pgconn.send_flush_request()
-            self._flush()
-        except psycopg.OperationalError:
-            self._broken = True
-            raise
-        self._read(pending)
+        with self._lock:
+            if pending.done:  # read meanwhile, by a Sync on another thread
+                return
+            try:
+                self.pgconn.send_flush_request()
+                self._flush()
+            except psycopg.OperationalError:
+                self._broken = True
+                raise
+            self._read(pending)
 
     def _read(self, last: Pending | None) -> None:
         first_error: psycopg.Error | None = None
