@@ -15,7 +15,15 @@ from typing import Any
 import yaml
 
 from flowq import states as S
-from flowq.errors import FlowqError, InvalidTransition, NotFound, ValidationError, WaitTimeout
+from flowq.cli_servers import cmd_api, cmd_db, cmd_flower, cmd_worker
+from flowq.errors import (
+    FlowqError,
+    InvalidTransition,
+    NotFound,
+    UsageError,
+    ValidationError,
+    WaitTimeout,
+)
 from flowq.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -31,10 +39,6 @@ STATE_MARK = {
     "cancelled": "■",
     "pending": " ",
 }
-
-
-class UsageError(FlowqError):
-    """Bad command-line input: exit code 2."""
 
 
 def parse_vars(pairs: Sequence[str], vars_file: str | None) -> dict[str, Any]:
@@ -249,63 +253,6 @@ def _control(action: str) -> Callable[[argparse.Namespace], int]:
         return EXIT_OK
 
     return run
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    from workers.app import create_app
-
-    settings = Settings.from_env()
-    if settings.embedded:
-        raise UsageError(
-            "flowq worker needs a broker: set FLOWQ_BROKER_URL, e.g. redis://127.0.0.1:6379/0"
-        )
-    app = create_app(settings)
-    argv = [
-        "worker",
-        f"--concurrency={args.concurrency}",
-        f"--queues={args.queues}",
-        f"--loglevel={args.loglevel}",
-    ]
-    # A unique node name by default: heartbeats and recovery tell workers apart by it.
-    argv.append(f"--hostname={args.hostname or f'flowq-{os.getpid()}@%h'}")
-    if args.pool:
-        argv.append(f"--pool={args.pool}")
-    app.worker_main(argv)
-    return EXIT_OK
-
-
-def cmd_api(args: argparse.Namespace) -> int:
-    from flowq.api.server import serve
-
-    serve(args.host, args.port)
-    return EXIT_OK
-
-
-def cmd_flower(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if settings.embedded:
-        raise UsageError("flowq flower needs a broker: set FLOWQ_BROKER_URL")
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-b",
-        settings.effective_broker_url,
-        "flower",
-        f"--port={args.port}",
-    ]
-    os.execv(sys.executable, argv)
-    return EXIT_OK  # pragma: no cover
-
-
-def cmd_db(args: argparse.Namespace) -> int:
-    from flowq.store import Store
-
-    store = Store(Settings.from_env().database_url)
-    store.upgrade()
-    print(f"state tables are up to date in {store.engine.url.render_as_string()}")
-    store.dispose()
-    return EXIT_OK
 
 
 # -- parser ---------------------------------------------------------------------------------------

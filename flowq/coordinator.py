@@ -1,7 +1,8 @@
 """The coordinator: start executions, advance them as tasks end, pause/resume/cancel/retry.
 
-Claims live in ``flowq.claims``, control of whole executions in ``flowq.control``, and what
-they share (messages, claims, the step of a transaction) in ``flowq.execution``.
+Claims live in ``flowq.claims``, task ends in ``flowq.ends``, control of whole executions
+in ``flowq.control``, and what they share (messages, claims, the step of a transaction) in
+``flowq.execution``.
 
 Every method is one store transaction made of compare-and-set updates; messages for the tasks
 that became ready are handed to the dispatcher only after that transaction commits. Each message
@@ -16,7 +17,6 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -27,12 +27,13 @@ from flowq import states as S
 from flowq.claims import Claims
 from flowq.control import Control
 from flowq.definition import Workflow
+from flowq.ends import Ends
 from flowq.errors import FlowqError, ValidationError
 from flowq.execution import Claim, Definitions, Dispatch, Dispatcher, Started, Step
 from flowq.store import Store, Tx
 from flowq.store import tables as t
 from flowq.store.held import HeldClaim, Holder
-from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta
+from flowq.store.hotpath import Meta
 from flowq.templates import evaluate
 
 __all__ = ["Claim", "Coordinator", "Dispatch", "Dispatcher", "Started"]
@@ -43,7 +44,7 @@ DEFAULT_PRIORITY = 5
 META_CACHE_SIZE = 4096  # executions whose fixed fields a process keeps in memory
 
 
-class Coordinator(Claims, Control):
+class Coordinator(Claims, Ends, Control):
     """Drives executions through their states; shared by the client, the CLI and the workers."""
 
     def __init__(self, store: Store, dispatcher: Dispatcher, *, hold: float = 0.0) -> None:
@@ -404,167 +405,3 @@ class Coordinator(Claims, Control):
         dispatches = self.store.transact(body)
         self._send(dispatches)
         return len(dispatches)
-
-    # -- task ends (from the worker's Celery signals; claims are in flowq.claims) -------------
-    def succeeded(self, execution_id: str, task_id: str, result: Any) -> bool:
-        """Record a task's result and dispatch what became ready; False if it was not running."""
-        held = self._release(execution_id, task_id)
-        try:
-            if self._succeed_fast(execution_id, task_id, result, held):
-                return True
-        except CONNECTION_ERRORS as exc:
-            if held is None:
-                raise
-            log.warning("held claim of %s/%s: %s", execution_id, task_id, exc)
-        # the transactional end; a held claim that went with a handed-back statement or a
-        # failed connection is made again in it
-        reclaim = held if held is not None and held.lost else None
-        values = {"result": result, "error": None}
-        return self._ended(execution_id, task_id, S.SUCCEEDED, values, reclaim=reclaim)
-
-    def failed(self, execution_id: str, task_id: str, error: str) -> bool:
-        """Record a task that failed for good; False if it was not running."""
-        reclaim = self._settle_held(execution_id, task_id)
-        return self._ended(execution_id, task_id, S.FAILED, {"error": error}, reclaim=reclaim)
-
-    def _succeed_fast(
-        self, execution_id: str, task_id: str, result: Any, held: HeldClaim | None = None
-    ) -> bool:
-        """Postgres: a success as one autocommit statement, when nothing in it needs Python.
-
-        False, with nothing written, sends the caller down the transactional end: the
-        execution's fields are not in memory, a successor has another rule or a ``when``, the
-        task is not running, or the statement handed the case back (a successor to skip, the
-        execution's last task). ``held``: the statement commits that held claim with it.
-        """
-        meta = self._meta.get(execution_id)
-        if meta is None or self.store.is_sqlite:
-            if held is not None:
-                held.settle()
-            return False
-        wf = self.definitions.get(meta.digest)
-        successors = wf.successors(task_id)
-        if held is not None:
-            assert self.holder is not None
-            done = self.holder.finish(
-                held,
-                lambda tx, commit, claiming: tx.succeed_fast(
-                    execution_id, task_id, successors, result, commit, claiming
-                ),
-            )
-        elif not self.definitions.plain_successors(wf, task_id):
-            return False
-        else:
-            done = self.store.transact(
-                lambda tx: tx.succeed_fast(execution_id, task_id, successors, result),
-                single=True,
-            )
-        if done is None:
-            return False
-        if done.queued and done.execution_state == S.RUNNING:
-            queued = set(done.queued)
-            self._send(
-                [
-                    self._dispatch(wf, execution_id, meta.version, meta.priority, succ)
-                    for succ in successors
-                    if succ in queued
-                ]
-            )
-        return True
-
-    def _ended(
-        self,
-        execution_id: str,
-        task_id: str,
-        to: str,
-        values: dict[str, Any],
-        *,
-        reclaim: HeldClaim | None = None,
-    ) -> bool:
-        """The transactional end. ``reclaim``: a held claim that was rolled back; it is made
-        again (queued -> running) in the same transaction."""
-
-        def body(tx: Tx) -> tuple[bool, list[Dispatch]]:
-            if reclaim is not None:
-                self._claim_lost(tx, execution_id, task_id, reclaim)
-            step = self._step(tx, execution_id, fresh=False)
-            reason = values.get("error") if to == S.FAILED else None
-            successors = step.wf.successors(task_id)
-            ended = tx.end_task(
-                execution_id,
-                task_id,
-                to,
-                reason,
-                successors,
-                result=values.get("result"),
-                error=values.get("error"),
-            )
-            if ended is None:
-                row = tx.task(execution_id, task_id)
-                now = row.state if row is not None else "unknown"
-                # A note, not a transition: `from` equals `to`.
-                tx.record(execution_id, task_id, now, now, f"late {to} ignored: task is {now}")
-                log.info("ignored %s of %s/%s: it is %s", to, execution_id, task_id, now)
-                return False, []
-            step.state = ended.execution_state
-            self._advance(step, f"{task_id} {to}", successors, ended)
-            return True, step.dispatch
-
-        ok, dispatches = self.store.transact(body)
-        self._send(dispatches)
-        return ok
-
-    @staticmethod
-    def _decide(wf: Workflow, task_id: str, row: Any) -> str:
-        """The trigger rule's decision for a task from its counters; wait unless it is pending."""
-        if row is None or row.state != S.PENDING:
-            return rules.WAIT
-        return rules.decide(
-            wf.task(task_id).trigger_rule,
-            row.deps_total,
-            row.deps_remaining,
-            row.deps_succeeded,
-            row.deps_failed,
-            row.deps_skipped,
-        )
-
-    def _advance(self, step: Step, because: str, order: Sequence[str], ended: Ended) -> None:
-        """Act on the successors a task's end decided, then settle whatever that cascaded."""
-        ready: list[str] = []
-        counters = {c.task_id: c for c in ended.successors}
-        for succ in order:
-            decision = self._decide(step.wf, succ, counters.get(succ))
-            if decision == rules.RUN and not step.wf.task(succ).when:
-                ready.append(succ)  # queued together below
-            elif decision != rules.WAIT:
-                self._act(step, succ, decision, because)
-        if ready:
-            queued = step.tx.queue_pending(step.execution_id, ready, because)
-            if step.state == S.RUNNING:
-                step.dispatch.extend(self._dispatch_of(step, tid) for tid in queued)
-        if step.settled:
-            self._propagate(step)
-            self._settle(step)  # counts only what cascaded: the ended task is counted already
-        elif ended.remaining == 0 and step.state == S.RUNNING:
-            self._finish(step)
-
-    def retrying(self, execution_id: str, task_id: str, error: str, countdown: float) -> bool:
-        """Record that a failed attempt will be retried after ``countdown`` seconds."""
-        lost = self._settle_held(execution_id, task_id)
-        reason = f"{error}; retrying in {countdown:.2f}s"
-        due = timedelta(seconds=countdown)
-
-        def body(tx: Tx) -> bool:
-            if lost is not None:
-                self._claim_lost(tx, execution_id, task_id, lost)
-            return tx.cas_task(
-                execution_id,
-                task_id,
-                S.RUNNING,
-                S.RETRYING,
-                reason,
-                error=error,
-                queued_at=tx.now + due,
-            )
-
-        return self.store.transact(body)

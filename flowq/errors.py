@@ -54,3 +54,7 @@ class PermanentError(TaskError):
 
 class WaitTimeout(FlowqError):
     """An execution did not end within the time a caller waited for it."""
+
+
+class UsageError(FlowqError):
+    """Bad command-line input: exit code 2."""

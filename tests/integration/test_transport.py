@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import time
 import uuid
+from typing import Any
 
 import pytest
+import redis
 from kombu.transport import memory
 from kombu.transport import redis as kombu_redis
 
@@ -51,3 +55,84 @@ def test_other_brokers_keep_kombus_transports() -> None:
     app = create_app(Settings(broker_url="memory://", database_url="sqlite://"))
     with app.connection_for_write() as conn:
         assert type(conn.transport) is memory.Transport
+
+
+def _take(conn: Any, queue: str) -> Any:
+    """Publish one message to ``queue`` and take it unacknowledged, as a worker does."""
+    with conn.Producer() as producer:
+        producer.publish({"n": 1}, routing_key=queue, exchange="", declare=[])
+    message = conn.default_channel.basic_get(queue, no_ack=False)
+    assert message is not None
+    return message
+
+
+def test_a_taken_message_is_recorded_as_kombu_records_it_until_acked(redis_url: str) -> None:
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        channel = conn.default_channel
+        qos = channel.qos
+        assert type(qos) is transport.QoS
+        client = redis.Redis.from_url(redis_url)
+        message = _take(conn, queue)
+        tag = message.delivery_tag
+        # what kombu's restore reads back: [the message, its exchange, its routing key]
+        stored = json.loads(client.hget(qos.unacked_key, tag) or b"null")
+        assert stored == [message._raw, "", queue]
+        assert client.zscore(qos.unacked_index_key, tag) == pytest.approx(time.time(), abs=60)
+        message.ack()
+        assert client.hget(qos.unacked_key, tag) is None
+        assert client.zscore(qos.unacked_index_key, tag) is None
+        assert client.llen(queue) == 0
+
+
+def test_an_unacked_message_is_restored_by_kombus_restore(redis_url: str) -> None:
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        client = redis.Redis.from_url(redis_url)
+        message = _take(conn, queue)
+        assert client.llen(queue) == 0
+        conn.default_channel.qos.restore_unacked()  # what a worker's shutdown does
+        assert client.llen(queue) == 1
+        again = conn.default_channel.basic_get(queue, no_ack=False)
+        assert again is not None and again.payload == message.payload
+        again.ack()
+
+
+def _client_id(conn: Any) -> int:
+    conn.send_command("CLIENT", "ID")
+    return int(conn.read_response())
+
+
+def test_the_bookkeeping_survives_a_dropped_connection(redis_url: str) -> None:
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        client = redis.Redis.from_url(redis_url)
+        message = _take(conn, queue)
+        own = qos._connection()
+        before = _client_id(own)
+        assert client.client_kill_filter(_id=str(before)) == 1  # the server drops its connection
+        message.ack()  # sent again on a new connection
+        assert client.hget(qos.unacked_key, message.delivery_tag) is None
+        assert _client_id(qos._connection()) != before
+
+
+def test_a_global_key_prefix_keeps_kombus_bookkeeping(redis_url: str) -> None:
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    prefix = f"p{uuid.uuid4().hex[:6]}:"
+    app.conf.broker_transport_options = {
+        **(app.conf.broker_transport_options or {}),
+        "global_keyprefix": prefix,
+    }
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        client = redis.Redis.from_url(redis_url)
+        message = _take(conn, queue)
+        assert client.hget(prefix + qos.unacked_key, message.delivery_tag) is not None
+        message.ack()
+        assert client.hget(prefix + qos.unacked_key, message.delivery_tag) is None
+        assert qos._flowq_conn is None  # kombu's own pipelines did it
