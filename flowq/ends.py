@@ -4,7 +4,7 @@ Postgres, ``Ends._succeed_fast``, or the transactional end), its failure, a retr
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -12,9 +12,9 @@ from flowq import rules
 from flowq import states as S
 from flowq.definition import Workflow
 from flowq.execution import Definitions, Dispatch, Step
-from flowq.store import Store, Tx
+from flowq.store import Store, Tx, hotpath
 from flowq.store.held import HeldClaim, Holder
-from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta
+from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta, Succeeded
 
 log = logging.getLogger("flowq.coordinator")
 
@@ -26,6 +26,7 @@ class Ends:
         store: Store
         definitions: Definitions
         holder: Holder | None
+        _held: dict[tuple[str, str], HeldClaim]
         _meta: dict[str, Meta]
 
         def _release(self, execution_id: str, task_id: str) -> HeldClaim | None: ...
@@ -58,6 +59,48 @@ class Ends:
         reclaim = held if held is not None and held.lost else None
         values = {"result": result, "error": None}
         return self._ended(execution_id, task_id, S.SUCCEEDED, values, reclaim=reclaim)
+
+    def succeed_later(
+        self, execution_id: str, task_id: str, result: Any, then: Callable[[], None]
+    ) -> bool:
+        """Record the success of a task without successors whose claim is held here: its
+        statement and commit are sent now, its result read later (``Holder.finish_later``),
+        and then ``then`` runs. False, with nothing done, for any other task: the caller ends
+        it (``end_later``, ``succeeded``).
+
+        Nothing is dispatched after such a success, so nothing waits for its result: the
+        commit is on its way when this returns, and the pool process takes its next message
+        without a thread hand-off or a read of its own. A statement handed back (the
+        execution's last task where another one failed, say) or lost with its connection
+        takes the transactional end when its result is read.
+        """
+        held = self._held.get((execution_id, task_id))
+        meta = self._meta.get(execution_id)
+        if held is None or self.holder is None or meta is None:
+            return False
+        if self.definitions.get(meta.digest).successors(task_id):
+            return False
+        self._release(execution_id, task_id)
+
+        def after(done: Succeeded | None, error: BaseException | None) -> None:
+            if done is None:
+                if error is not None:
+                    log.warning("success of %s/%s: %s", execution_id, task_id, error)
+                reclaim = held if held.lost else None
+                values = {"result": result, "error": None}
+                self._ended(execution_id, task_id, S.SUCCEEDED, values, reclaim=reclaim)
+            then()
+
+        try:
+            self.holder.finish_later(
+                held,
+                lambda tx, claiming: tx.send_succeed_fast(execution_id, task_id, result, claiming),
+                hotpath.succeeded_of,
+                after,
+            )
+        except CONNECTION_ERRORS as exc:
+            after(None, exc)
+        return True
 
     def failed(self, execution_id: str, task_id: str, error: str) -> bool:
         """Record a task that failed for good; False if it was not running."""

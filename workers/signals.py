@@ -59,13 +59,23 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         if ids is None or getattr(sender.request, "flowq_claim", None) is None:
             return
         request = sender.request
+        coordinator = runtime.coordinator
 
         def end() -> None:
             _record(runtime, "succeeded", ids, lambda c: c.succeeded(ids[0], ids[1], result))
             _clear_mark(runtime, request, ids, later=True)
 
-        # a held claim's success commits on the finisher thread (``Coordinator.end_later``)
-        if not runtime.coordinator.end_later(ids[0], ids[1], end):
+        # a held claim's success: sent now and read later when no task waits for it
+        # (``Coordinator.succeed_later``), else committed on the finisher thread (``end_later``)
+        try:
+            if coordinator.succeed_later(
+                ids[0], ids[1], result, lambda: _clear_mark(runtime, request, ids, later=True)
+            ):
+                return
+        except Exception:
+            log.exception("could not record %s/%s succeeded in the state store", *ids)
+            return
+        if not coordinator.end_later(ids[0], ids[1], end):
             end()
 
     def on_failure(sender: Task, exception: BaseException, **info: Any) -> None:

@@ -22,6 +22,12 @@ A worker hands a held claim's success to the holder's finisher thread (``hand_of
 the commit's wait for its WAL flush overlaps with what the pool process does next (returning
 the result, taking the next message). The next claim on the same connection waits for that
 end first; ``drain`` (a pool process exiting, ``close``) waits for every end handed off.
+
+A success that nothing waits for (a task without successors) needs no thread: ``finish_later``
+sends its statement and the Sync that commits it at once, and reads the result later, passing
+through it on the connection's next read (the next claim's, usually) or, on a connection left
+idle, from the timer (within ``hold``). What follows the commit (a handed-back success taken
+down the transactional path, the claim's mark dropped) runs then, on the thread that read it.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from typing import Any, TypeVar
 
 from flowq.store import hotpath
 from flowq.store.store import Store, Tx
-from flowq.store.wire import Wire
+from flowq.store.wire import Pending, Wire
 
 log = logging.getLogger("flowq.store")
 T = TypeVar("T")
@@ -90,6 +96,18 @@ class HeldClaim:
             log.warning("a held claim was lost with its connection: %s", exc)
 
 
+@dataclass(eq=False)
+class _Later:
+    """An end sent with its commit and not read yet (``Holder.finish_later``)."""
+
+    held: HeldClaim
+    pending: Pending
+    read: Callable[[Pending], Any]
+    then: Callable[[Any, BaseException | None], None]
+    claimed: bool  # the claim was open: the end statement wrote it
+    since: float = field(default_factory=time.monotonic)
+
+
 class Holder:
     """Each thread's pipeline connection, and the timer that commits claims held too long."""
 
@@ -109,6 +127,7 @@ class Holder:
             queue.SimpleQueue()
         )
         self._finisher: threading.Thread | None = None
+        self._later: dict[int, _Later] = {}  # ends sent and not read yet (``finish_later``)
 
     def claim(
         self,
@@ -140,6 +159,7 @@ class Holder:
             raise
         finally:
             tx.close()
+            self.collect(conn)  # the claim's read passed through earlier ends' results
         if out is None:  # nothing locked, nothing to write: end the empty transaction
             held.open = False
             hotpath.observe(hotpath.SYNC, True)
@@ -172,7 +192,6 @@ class Holder:
             try:
                 out = fn(tx, commit, held.claiming if was_open else None)
                 held.lost = held.lost or (was_open and out is None)
-                return out
             except BaseException:
                 held.lost = held.lost or was_open
                 if held.conn.broken or held.conn.closed:
@@ -181,6 +200,75 @@ class Holder:
             finally:
                 held.open = False
                 tx.close()
+        self.collect(held.conn)
+        return out
+
+    def finish_later(
+        self,
+        held: HeldClaim,
+        send: Callable[[Tx, hotpath.Claiming | None], Pending],
+        read: Callable[[Pending], T | None],
+        then: Callable[[T | None, BaseException | None], None],
+    ) -> None:
+        """``finish`` for an end nothing waits for: send its statement ``send`` and the commit
+        now, read the result later (see the module).
+
+        ``read`` turns the result into the end's outcome (None: the statement was undone);
+        ``then`` gets that outcome, or the error that reading raised, on whichever thread reads
+        it. As in ``finish``, ``held.lost`` is set by then if the claim went with the statement.
+        An error sending raises here (the claim is ``lost`` if it was open).
+        """
+        with held.lock:
+            tx = Tx(None, raw=held.conn, connect=self.store.sa_connect)
+            was_open = held.open
+            try:
+                pending = send(tx, held.claiming if was_open else None)
+                pending.deferred = True
+                hotpath.observe(hotpath.SYNC, True)
+                held.conn.send_sync()
+            except BaseException:
+                held.lost = held.lost or was_open
+                if held.conn.broken or held.conn.closed:
+                    self._drop(held.conn)
+                raise
+            finally:
+                held.open = False
+                tx.close()
+        later = _Later(held, pending, read, then, was_open)
+        with self._wake:
+            self._later[id(later)] = later
+
+    def collect(self, conn: Wire | None = None, sent_before: float | None = None) -> None:
+        """Read the ends ``finish_later`` sent (on ``conn``; else on every connection) and run
+        what follows them; only those sent before ``sent_before`` (``time.monotonic``), if
+        given. Each end is read once, by whichever thread takes it first."""
+        with self._wake:
+            if not self._later:
+                return
+            taken = [
+                later
+                for later in self._later.values()
+                if (conn is None or later.held.conn is conn)
+                and (sent_before is None or later.since < sent_before)
+            ]
+            for later in taken:
+                del self._later[id(later)]
+        for later in taken:
+            self._read_later(later)
+
+    def _read_later(self, later: _Later) -> None:
+        held, out, error = later.held, None, None
+        try:
+            out = later.read(later.pending)
+        except BaseException as exc:  # a lost connection, or an error of the statement's
+            error = exc
+        held.lost = held.lost or (later.claimed and out is None)
+        if error is not None and held.conn.broken:
+            self._drop(held.conn)
+        try:
+            later.then(out, error)
+        except Exception:  # whatever it was, the ends after it still need reading
+            log.exception("what follows a task's end failed")
 
     def hand_off(self, held: HeldClaim, end: Callable[[], None]) -> None:
         """Run ``end``, the held claim's end (its ``finish`` and whatever follows the commit),
@@ -195,12 +283,17 @@ class Holder:
         self._ends.put((held.ended, end))
 
     def drain(self, timeout: float | None = None) -> bool:
-        """Wait until every end handed off in this process is over; False if ``timeout`` passed."""
-        if self._pid != os.getpid() or self._finisher is None:
+        """Wait until every end handed off in this process is over, and read the ends sent
+        and not read yet; False if ``timeout`` passed."""
+        if self._pid != os.getpid():
             return True
-        done = threading.Event()
-        self._ends.put((done, lambda: None))  # the finisher takes ends in order
-        return done.wait(timeout)
+        over = True
+        if self._finisher is not None:
+            done = threading.Event()
+            self._ends.put((done, lambda: None))  # the finisher takes ends in order
+            over = done.wait(timeout)
+        self.collect()
+        return over
 
     def _start_finisher(self) -> None:
         with self._wake:
@@ -235,6 +328,7 @@ class Holder:
             self._local, self._conns = threading.local(), []
             self._open, self._timer, self._pid = {}, None, os.getpid()
             self._ends, self._finisher = queue.SimpleQueue(), None
+            self._later = {}
 
     def _connection(self) -> Wire:
         self._forked()
@@ -287,10 +381,15 @@ class Holder:
     def _commit_due(self) -> None:
         """Every half ``hold``: commit the claims held for ``hold`` seconds or more (so a
         claim is committed between ``hold`` and 1.5 x ``hold`` after it was made, and the
-        timer wakes at a fixed rate whatever the task rate)."""
+        timer wakes at a fixed rate whatever the task rate), and read the ends sent half a
+        ``hold`` ago or more that no other read passed through (``finish_later``)."""
         while True:
             time.sleep(self.hold / 2)
             now = time.monotonic()
+            try:
+                self.collect(sent_before=now - self.hold / 2)
+            except Exception:
+                log.exception("could not read the ends sent")
             with self._wake:
                 due = [h for h in self._open.values() if not h.open or h.since + self.hold <= now]
                 for held in due:

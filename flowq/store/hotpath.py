@@ -269,6 +269,27 @@ def succeed_fast(
     connection in pipeline mode, part of the implicit transaction that ``commit`` (the
     pipeline's sync, sent with the statement) ends: an error then undoes all of it.
     """
+    try:
+        cursor = send_succeed_fast(conn, now, execution_id, task_id, successors, result, claiming)
+        if commit is not None:
+            commit()
+    except psycopg.Error as exc:
+        if exc.sqlstate == GENERAL_PATH:
+            return None
+        raise
+    return succeeded_of(cursor)
+
+
+def send_succeed_fast(
+    conn: Conn,
+    now: datetime,
+    execution_id: str,
+    task_id: str,
+    successors: Sequence[str],
+    result: Any,
+    claiming: Claiming | None = None,
+) -> psycopg.Cursor[Any] | Pending:
+    """Send ``succeed_fast``'s statement; ``succeeded_of`` reads what it did."""
     params = {
         "now": now,
         "e": execution_id,
@@ -280,11 +301,14 @@ def succeed_fast(
     }
     if claiming is not None:
         params.update(_claiming_params(execution_id, task_id, claiming))
+    return _execute(conn, END_FAST[claiming is not None][_variant(successors)], params)
+
+
+def succeeded_of(sent: psycopg.Cursor[Any] | Pending) -> Succeeded | None:
+    """What ``send_succeed_fast``'s statement did: None if it wrote nothing (not running, or
+    handed back to the transactional end)."""
     try:
-        cursor = _execute(conn, END_FAST[claiming is not None][_variant(successors)], params)
-        if commit is not None:
-            commit()
-        row: Any = cursor.fetchone()
+        row: Any = sent.fetchone()
     except psycopg.Error as exc:
         if exc.sqlstate == GENERAL_PATH:
             return None

@@ -8,6 +8,7 @@ from typing import Any
 from flowq.store import hotpath
 from flowq.store.hotpath import Claimed, Counters, Ended, Meta, Succeeded
 from flowq.store.tx import TxBase
+from flowq.store.wire import Pending, Wire
 
 
 class HotPath(TxBase):
@@ -109,6 +110,20 @@ class HotPath(TxBase):
         return hotpath.succeed_fast(
             self.raw, self.now, execution_id, task_id, successors, result, commit, claiming
         )
+
+    def send_succeed_fast(
+        self, execution_id: str, task_id: str, result: Any, claiming: hotpath.Claiming | None
+    ) -> Pending:
+        """On a held claim's ``Wire`` only: send the success of a task without successors
+        (``hotpath.send_succeed_fast``), to be committed by a Sync and read later
+        (``hotpath.succeeded_of``)."""
+        if not isinstance(self.raw, Wire):
+            raise NotImplementedError("send_succeed_fast runs on a held claim's Wire")
+        pending = hotpath.send_succeed_fast(
+            self.raw, self.now, execution_id, task_id, (), result, claiming
+        )
+        assert isinstance(pending, Pending)
+        return pending
 
     def start_execution(
         self,

@@ -9,6 +9,12 @@ only the hot path's fixed statements run here (``flowq.store.hotpath``), so para
 results are converted for the few types they use, in text format. bench/RESULTS.md has the
 measurements.
 
+A statement may also be read later (``Pending.deferred``, ``send_sync``): a success whose result
+nothing waits for is sent with its commit and read with the next statement's (see
+``flowq.store.held``). Each statement's error stays with it: a read that passes through a deferred
+statement's result keeps that error for whoever reads the statement, and raises only the errors
+of the statements it was asked to read.
+
 The psycopg connection underneath is used for nothing else while its ``Wire`` lives.
 """
 
@@ -170,11 +176,16 @@ class Pending:
         self._wire = wire
         self.result: pq.abc.PGresult | None = None
         self.done = False
+        self.deferred = False  # read later: a read passing through keeps its error here
+        self.error: psycopg.Error | None = None  # the statement's, once read
 
     def rows(self) -> list[Any]:
-        """Its rows as named tuples, reading its result first if it is not read yet."""
+        """Its rows as named tuples, reading its result first if it is not read yet; raise
+        the statement's error."""
         if not self.done:
             self._wire.read_through(self)
+        if self.error is not None:
+            raise self.error
         res = self.result
         if res is None or res.status != pq.ExecStatus.TUPLES_OK:
             return []
@@ -202,6 +213,10 @@ class Pending:
         return iter(self.rows())
 
 
+class _Sync:
+    """Where a Sync was sent: its result ends the transaction before it."""
+
+
 class Wire:
     """A psycopg connection in libpq's pipeline mode, driven directly.
 
@@ -218,8 +233,8 @@ class Wire:
         self.pgconn = conn.pgconn
         self._prepared: set[bytes] = set()
         # what was sent and is not read yet, in order: a statement (its Pending, and the name
-        # it prepared first, if it did) or a Sync (None)
-        self._unread: deque[tuple[Pending | None, bytes | None]] = deque()
+        # it prepared first, if it did) or a Sync
+        self._unread: deque[tuple[Pending | _Sync, bytes | None]] = deque()
         self._broken = False
         # one call at a time, as psycopg's connection lock did: a connection's claims, their
         # timer and the finisher thread take turns, and libpq must never see two at once
@@ -264,16 +279,26 @@ class Wire:
 
     def sync(self) -> None:
         """Commit what was sent since the last Sync (roll it back after an error), reading
-        every result up to it; raise the first statement error among them."""
+        every result up to it; raise the first error among statements not deferred."""
         with self._lock:
-            try:
-                self.pgconn.pipeline_sync()  # the statements and the Sync leave in one write
-                self._flush()
-            except psycopg.OperationalError:
-                self._broken = True
-                raise
-            self._unread.append((None, None))
-            self._read(None)
+            self._read(self._send_sync())
+
+    def send_sync(self) -> None:
+        """Commit what was sent since the last Sync, reading nothing: the results wait for the
+        next read (``Pending.deferred`` statements' errors stay with them)."""
+        with self._lock:
+            self._send_sync()
+
+    def _send_sync(self) -> _Sync:
+        try:
+            self.pgconn.pipeline_sync()  # the statements and the Sync leave in one write
+            self._flush()
+        except psycopg.OperationalError:
+            self._broken = True
+            raise
+        marker = _Sync()
+        self._unread.append((marker, None))
+        return marker
 
     def read_through(self, pending: Pending) -> None:
         """Read the results up to ``pending``'s, asking the server to send what it has; raise
@@ -289,16 +314,16 @@ class Wire:
                 raise
             self._read(pending)
 
-    def _read(self, last: Pending | None) -> None:
+    def _read(self, last: Pending | _Sync) -> None:
         first_error: psycopg.Error | None = None
         while self._unread:
             pending, prepared = self._unread.popleft()
-            if pending is None:  # a Sync's result: the transaction is over
+            if isinstance(pending, _Sync):  # a Sync's result: the transaction is over
                 res = self._next()
                 if res is None or res.status != _SYNC_DONE:
                     self._broken = True
                     raise psycopg.OperationalError("the pipeline's results are out of order")
-                if last is None:
+                if pending is last:
                     break
                 continue
             seen = []
@@ -308,13 +333,16 @@ class Wire:
                     self._prepared.discard(prepared)
             pending.result, pending.done = self._result(), True
             for res in (*seen, pending.result):
-                if first_error is None and res is not None and res.status == _ERROR:
-                    first_error = errors.error_from_result(res, encoding="utf-8")
+                if pending.error is None and res is not None and res.status == _ERROR:
+                    pending.error = errors.error_from_result(res, encoding="utf-8")
+            if pending.error is not None:
+                # the server ending the session (57P01...) or a deadlock: start on a new one
+                self._broken = self._broken or isinstance(pending.error, psycopg.OperationalError)
+                if first_error is None and not pending.deferred:
+                    first_error = pending.error
             if pending is last:
                 break
         if first_error is not None:
-            # the server ending the session (57P01...) or a deadlock: start on a new connection
-            self._broken = self._broken or isinstance(first_error, psycopg.OperationalError)
             raise first_error
 
     def _result(self) -> pq.abc.PGresult | None:

@@ -6,10 +6,11 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
-from flowq.store import Store, Tx, utcnow
+from flowq.store import Store, Tx, hotpath, utcnow
 from flowq.store.held import HeldClaim, Holder
 from flowq.store.hotpath import Claimed, Succeeded
 from tests.store.test_fast_success import _setup, history, pending, rows, running, store
@@ -247,3 +248,98 @@ def test_drain_and_close_wait_for_the_ends_handed_off(store: Store) -> None:
     assert held_c.ended is not None and held_c.ended.is_set()
     assert later == ["ran"]
     assert rows(store)["c"][0] == "queued"
+
+
+def succeed_later(
+    holder: Holder, held: HeldClaim, task_id: str, got: list[tuple[Any, BaseException | None]]
+) -> None:
+    """A success without successors sent now and read later; what it did lands in ``got``."""
+    holder.finish_later(
+        held,
+        lambda tx, claiming: tx.send_succeed_fast("e1", task_id, {"v": 2}, claiming),
+        hotpath.succeeded_of,
+        lambda out, error: got.append((out, error)),
+    )
+
+
+def wait_for(what: Any, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not what():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_a_success_sent_for_later_commits_at_once_and_is_read_by_the_next_claim(
+    store: Store,
+) -> None:
+    _setup(store, {"a": queued(), "c": queued()}, remaining=2)
+    holder = Holder(store, hold=30)
+    got: list[tuple[Any, BaseException | None]] = []
+    try:
+        _, held = claim(holder)
+        succeed_later(holder, held, "a", got)
+        assert got == [] and not held.open
+        wait_for(lambda: rows(store)["a"][0] == "succeeded")  # committed, read by nobody
+        assert got == []
+        _, held_c = claim_of(holder, "c")  # its read passes through the success: then runs
+        assert got == [(Succeeded([], "running"), None)]
+        assert not held.lost
+        held_c.commit()
+    finally:
+        holder.close()
+    assert rows(store)["a"] == ("succeeded", 0, 0, {"v": 2})
+    written = xmins(store)
+    assert written[("a", "running")] == written[("a", "succeeded")], "one transaction"
+
+
+def test_the_timer_reads_a_success_that_no_claim_passes_through(store: Store) -> None:
+    _setup(store, {"a": queued()}, remaining=1)
+    holder = Holder(store, hold=0.1)
+    got: list[tuple[Any, BaseException | None]] = []
+    try:
+        _, held = claim(holder)
+        succeed_later(holder, held, "a", got)
+        wait_for(lambda: got != [], timeout=5)  # within about a hold
+        assert got == [(Succeeded([], "completed"), None)]
+    finally:
+        holder.close()
+    assert rows(store)["a"][0] == "succeeded"
+
+
+def test_a_success_sent_for_later_and_handed_back_takes_its_claim_with_it(
+    store: Store,
+) -> None:
+    # the last task after a failure: the statement undoes itself and the claim with it; what
+    # follows learns it when the result is read (drain reads what is left)
+    _setup(store, {"a": queued(), "f": {**running(), "state": "failed"}}, remaining=1)
+    holder = Holder(store, hold=30)
+    got: list[tuple[Any, BaseException | None]] = []
+    try:
+        _, held = claim(holder)
+        succeed_later(holder, held, "a", got)
+        assert holder.drain(10)
+        assert got == [(None, None)]
+        assert held.lost and not held.open
+    finally:
+        holder.close()
+    assert rows(store)["a"][0] == "queued"
+    assert history(store) == []
+
+
+def test_a_success_sent_for_later_lost_with_its_connection_says_so(store: Store) -> None:
+    _setup(store, {"a": queued(), "c": queued()}, remaining=2)
+    holder = Holder(store, hold=30)
+    got: list[tuple[Any, BaseException | None]] = []
+    try:
+        _, held = claim(holder)
+        held.conn.conn.pgconn.finish()  # the connection is gone before the end is sent
+        with pytest.raises(psycopg.OperationalError):
+            succeed_later(holder, held, "a", got)
+        assert held.lost and got == []
+        # the next claim opens another connection
+        _, held_c = claim_of(holder, "c")
+        held_c.commit()
+    finally:
+        holder.close()
+    assert rows(store)["a"][0] == "queued"
+    assert rows(store)["c"][0] == "running"

@@ -261,3 +261,34 @@ def test_a_held_success_ended_later_commits_and_dispatches_on_the_finisher(
     assert not b.end_later(d.execution_id, "b", lambda: None)
     a.close()
     b.close()
+
+
+def test_a_held_success_without_successors_is_sent_at_once_and_read_later(
+    store: Store, marks: Marks
+) -> None:
+    a, sent = worker(store)
+    d = start(a, sent)
+    runtime = SimpleNamespace(coordinator=a, marks=marks)
+    claim = message(runtime, d)
+    assert claim is not None and claim.held
+    # "a" has a successor to dispatch after its commit: not for later
+    assert not a.succeed_later(d.execution_id, "a", {"ok": True}, lambda: None)
+    assert a.end_later(d.execution_id, "a", lambda: a.succeeded(d.execution_id, "a", 1))
+    assert a.holder is not None and a.holder.drain(10)
+    (db,) = sent.sent
+    claim_b = message(runtime, db)
+    assert claim_b is not None and claim_b.held
+    followed: list[str] = []
+    assert a.succeed_later(d.execution_id, "b", {"b": 2}, lambda: followed.append("then"))
+    assert followed == []  # sent, not read
+    assert a.holder.drain(10)
+    assert followed == ["then"]
+    row = store.read(lambda tx: tx.execution(d.execution_id))
+    assert row is not None and row.state == "completed"
+    steps = [(task, f, to) for task, f, to, _ in history(store)]
+    assert steps[-3:] == [
+        ("b", "queued", "running"),
+        ("b", "running", "succeeded"),
+        (None, "running", "completed"),
+    ]
+    a.close()

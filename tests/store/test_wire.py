@@ -140,3 +140,44 @@ def test_a_lost_connection_raises_operational_error_and_breaks_the_wire(wire: Wi
         wire.execute("SELECT 1 AS one").fetchone()
         wire.sync()
     assert wire.broken
+
+
+def _committed(wire: Wire) -> int:
+    with psycopg.connect(wire.conn.info.dsn, autocommit=True) as other:
+        got = other.execute("SELECT count(*) FROM wire_t").fetchone()
+        return int(got[0]) if got else -1
+
+
+def test_a_deferred_statement_commits_at_once_and_is_read_later(wire: Wire) -> None:
+    insert = "INSERT INTO wire_t (k) VALUES (%(k)s) RETURNING k"
+    later = wire.execute(insert, {"k": "x"})
+    later.deferred = True
+    wire.send_sync()  # nothing read
+    assert not later.done
+    deadline = datetime.now(UTC) + timedelta(seconds=10)
+    while _committed(wire) != 1:  # committed by the server without being read
+        assert datetime.now(UTC) < deadline
+    # the next statement's read passes through it; a sync stops at its own Sync
+    now = wire.execute("SELECT 2 AS two")
+    wire.sync()
+    assert later.done and later.fetchone().k == "x"
+    assert now.fetchone().two == 2
+
+
+def test_a_deferred_statements_error_stays_with_it(wire: Wire) -> None:
+    wire.execute("INSERT INTO wire_t (k) VALUES (%(k)s)", {"k": "a"})
+    wire.sync()
+    later = wire.execute("INSERT INTO wire_t (k) VALUES (%(k)s) RETURNING k", {"k": "a"})
+    later.deferred = True
+    wire.send_sync()
+    # the next read passes through the failed statement without raising its error
+    assert wire.execute("SELECT 3 AS three").fetchone().three == 3
+    wire.sync()
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        later.fetchone()  # the error is its reader's
+    assert not wire.broken
+    # a statement that is not deferred still raises at the read that passes through it
+    wire.execute("INSERT INTO wire_t (k) VALUES (%(k)s)", {"k": "a"})
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        wire.sync()
+    assert _committed(wire) == 1
