@@ -7,25 +7,24 @@ import copy
 import dataclasses
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flowq import states as S
 from flowq.errors import NotFound
-from flowq.execution import Claim, Definitions, Dispatch, Step
-from flowq.store import Store, Tx, utcnow
+from flowq.execution import Claim, Definitions, Dispatch, Part, Step
+from flowq.store import Tx, utcnow
 from flowq.store.held import HeldClaim, Holder
 from flowq.store.hotpath import CONNECTION_ERRORS, Meta
 
 log = logging.getLogger("flowq.coordinator")
 
 
-class Claims:
+class Claims(Part):
     """The coordinator's claims (a base of ``flowq.coordinator.Coordinator``)."""
 
-    if TYPE_CHECKING:  # the coordinator's, used here
-        store: Store
+    if TYPE_CHECKING:  # the coordinator's, used here (and ``Part``'s)
         definitions: Definitions
         holder: Holder | None
         _held: dict[tuple[str, str], HeldClaim]
@@ -33,8 +32,6 @@ class Claims:
 
         def _read_meta(self, tx: Tx, execution_id: str) -> tuple[Meta, str]: ...
         def _remember(self, execution_id: str, meta: Meta) -> None: ...
-        def _step(self, tx: Tx, execution_id: str, *, fresh: bool = True) -> Step: ...
-        def _send(self, dispatches: Sequence[Dispatch]) -> None: ...
         def _lose(self, step: Step, task_id: str, reason: str) -> bool: ...
 
     def claim(

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from flowq import rules
 from flowq import states as S
 from flowq.errors import InvalidTransition
-from flowq.execution import Dispatch, Dispatcher, Step
-from flowq.store import Store, Tx
+from flowq.execution import Dispatch, Dispatcher, Part, Step
+from flowq.store import Tx
 from flowq.store import tables as t
 
 
@@ -33,20 +32,11 @@ def _cancel_task(tx: Tx, execution_id: str, row: Any) -> Any | None:
     raise RuntimeError(f"task {row.task_id} of {execution_id} kept changing under a cancel")
 
 
-class Control:
+class Control(Part):
     """The coordinator's control of executions (a base of ``flowq.coordinator.Coordinator``)."""
 
-    if TYPE_CHECKING:  # the coordinator's, used here
-        store: Store
+    if TYPE_CHECKING:  # the coordinator's, used here (and ``Part``'s)
         dispatcher: Dispatcher
-
-        def _step(self, tx: Tx, execution_id: str, *, fresh: bool = True) -> Step: ...
-        def _send(self, dispatches: Sequence[Dispatch]) -> None: ...
-        def _dispatch_of(self, step: Step, task_id: str) -> Dispatch: ...
-        def _act(self, step: Step, task_id: str, decision: str, reason: str) -> None: ...
-        def _propagate(self, step: Step) -> None: ...
-        def _settle(self, step: Step) -> None: ...
-        def _finish(self, step: Step) -> None: ...
 
     def pause(self, execution_id: str) -> None:
         """Stop starting tasks; running ones finish and keep their results."""

@@ -11,19 +11,18 @@ from typing import TYPE_CHECKING, Any
 from flowq import rules
 from flowq import states as S
 from flowq.definition import Workflow
-from flowq.execution import Definitions, Dispatch, Step
-from flowq.store import Store, Tx, hotpath
+from flowq.execution import Definitions, Dispatch, Part, Step
+from flowq.store import Tx, hotpath
 from flowq.store.held import HeldClaim, Holder
 from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta, Succeeded
 
 log = logging.getLogger("flowq.coordinator")
 
 
-class Ends:
+class Ends(Part):
     """The coordinator's task ends (a base of ``flowq.coordinator.Coordinator``)."""
 
-    if TYPE_CHECKING:  # the coordinator's and its claims', used here
-        store: Store
+    if TYPE_CHECKING:  # the coordinator's and its claims', used here (and ``Part``'s)
         definitions: Definitions
         holder: Holder | None
         _held: dict[tuple[str, str], HeldClaim]
@@ -32,13 +31,6 @@ class Ends:
         def _release(self, execution_id: str, task_id: str) -> HeldClaim | None: ...
         def _settle_held(self, execution_id: str, task_id: str) -> HeldClaim | None: ...
         def _claim_lost(self, tx: Tx, execution_id: str, task_id: str, lost: HeldClaim) -> None: ...
-        def _step(self, tx: Tx, execution_id: str, *, fresh: bool = True) -> Step: ...
-        def _send(self, dispatches: Sequence[Dispatch]) -> None: ...
-        def _dispatch_of(self, step: Step, task_id: str) -> Dispatch: ...
-        def _act(self, step: Step, task_id: str, decision: str, reason: str) -> None: ...
-        def _propagate(self, step: Step) -> None: ...
-        def _settle(self, step: Step) -> None: ...
-        def _finish(self, step: Step) -> None: ...
         @staticmethod
         def _dispatch(
             wf: Workflow, eid: str, version: int, priority: int, task_id: str

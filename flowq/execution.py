@@ -1,12 +1,12 @@
 """What the coordinator and its parts share: the messages it publishes, a worker's claim, the
-step of an advancing transaction, and definitions by digest."""
+step of an advancing transaction, definitions by digest, and the parts' base (``Part``)."""
 
 from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flowq import graph
 from flowq.definition import Task, Workflow
@@ -128,3 +128,20 @@ class Step:
     settled: deque[tuple[str, str]] = field(default_factory=deque)
     settled_count: int = 0
     dispatch: list[Dispatch] = field(default_factory=list)
+
+
+class Part:
+    """A base of the coordinator's parts (``Claims``, ``Ends``, ``Control``): what they call on
+    the coordinator (``flowq.coordinator.Coordinator`` defines it), declared for the type
+    checker only."""
+
+    if TYPE_CHECKING:
+        store: Store
+
+        def _step(self, tx: Tx, execution_id: str, *, fresh: bool = True) -> Step: ...
+        def _send(self, dispatches: Sequence[Dispatch]) -> None: ...
+        def _dispatch_of(self, step: Step, task_id: str) -> Dispatch: ...
+        def _act(self, step: Step, task_id: str, decision: str, reason: str) -> None: ...
+        def _propagate(self, step: Step) -> None: ...
+        def _settle(self, step: Step) -> None: ...
+        def _finish(self, step: Step) -> None: ...

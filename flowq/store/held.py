@@ -37,7 +37,8 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -168,6 +169,26 @@ class Holder:
         self._schedule(held)
         return out, held
 
+    @contextmanager
+    def _ending(self, held: HeldClaim) -> Iterator[tuple[Tx, bool]]:
+        """The held claim's connection for its end statement, under the claim's lock: a ``Tx``
+        on it, and whether the claim is still open (its row locked, not written). The claim is
+        not open afterwards; an error marks it ``lost`` if it was, and drops a connection that
+        broke."""
+        with held.lock:
+            tx = Tx(None, raw=held.conn, connect=self.store.sa_connect)
+            was_open = held.open
+            try:
+                yield tx, was_open
+            except BaseException:
+                held.lost = held.lost or was_open
+                if held.conn.broken or held.conn.closed:
+                    self._drop(held.conn)
+                raise
+            finally:
+                held.open = False
+                tx.close()
+
     def finish(
         self,
         held: HeldClaim,
@@ -181,25 +202,14 @@ class Holder:
         claim was still open and the statement was undone or failed, ``held.lost`` is set:
         the claim was rolled back with it.
         """
-        with held.lock:
-            tx = Tx(None, raw=held.conn, connect=self.store.sa_connect)
-            was_open = held.open
 
-            def commit() -> None:
-                hotpath.observe(hotpath.SYNC, True)
-                held.conn.sync()
+        def commit() -> None:
+            hotpath.observe(hotpath.SYNC, True)
+            held.conn.sync()
 
-            try:
-                out = fn(tx, commit, held.claiming if was_open else None)
-                held.lost = held.lost or (was_open and out is None)
-            except BaseException:
-                held.lost = held.lost or was_open
-                if held.conn.broken or held.conn.closed:
-                    self._drop(held.conn)
-                raise
-            finally:
-                held.open = False
-                tx.close()
+        with self._ending(held) as (tx, was_open):
+            out = fn(tx, commit, held.claiming if was_open else None)
+            held.lost = held.lost or (was_open and out is None)
         self.collect(held.conn)
         return out
 
@@ -218,22 +228,11 @@ class Holder:
         it. As in ``finish``, ``held.lost`` is set by then if the claim went with the statement.
         An error sending raises here (the claim is ``lost`` if it was open).
         """
-        with held.lock:
-            tx = Tx(None, raw=held.conn, connect=self.store.sa_connect)
-            was_open = held.open
-            try:
-                pending = send(tx, held.claiming if was_open else None)
-                pending.deferred = True
-                hotpath.observe(hotpath.SYNC, True)
-                held.conn.send_sync()
-            except BaseException:
-                held.lost = held.lost or was_open
-                if held.conn.broken or held.conn.closed:
-                    self._drop(held.conn)
-                raise
-            finally:
-                held.open = False
-                tx.close()
+        with self._ending(held) as (tx, was_open):
+            pending = send(tx, held.claiming if was_open else None)
+            pending.deferred = True
+            hotpath.observe(hotpath.SYNC, True)
+            held.conn.send_sync()
         later = _Later(held, pending, read, then, was_open)
         with self._wake:
             self._later[id(later)] = later

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.rows import namedtuple_row
@@ -126,6 +126,7 @@ class Ended:
 # pipeline), before it is sent; and with SYNC when a pipeline's Sync commits what it held
 # (flowq.store.held). bench.store_cost counts round trips and commits with it.
 observers: list[Callable[[str, bool], None]] = []
+T = TypeVar("T")
 SYNC = "-- sync"
 
 
@@ -269,15 +270,14 @@ def succeed_fast(
     connection in pipeline mode, part of the implicit transaction that ``commit`` (the
     pipeline's sync, sent with the statement) ends: an error then undoes all of it.
     """
-    try:
+
+    def run() -> Succeeded | None:
         cursor = send_succeed_fast(conn, now, execution_id, task_id, successors, result, claiming)
         if commit is not None:
             commit()
-    except psycopg.Error as exc:
-        if exc.sqlstate == GENERAL_PATH:
-            return None
-        raise
-    return succeeded_of(cursor)
+        return _succeeded(cursor)
+
+    return _or_handed_back(run)
 
 
 def send_succeed_fast(
@@ -307,15 +307,24 @@ def send_succeed_fast(
 def succeeded_of(sent: psycopg.Cursor[Any] | Pending) -> Succeeded | None:
     """What ``send_succeed_fast``'s statement did: None if it wrote nothing (not running, or
     handed back to the transactional end)."""
+    return _or_handed_back(lambda: _succeeded(sent))
+
+
+def _succeeded(sent: psycopg.Cursor[Any] | Pending) -> Succeeded | None:
+    row: Any = sent.fetchone()
+    if row is None or not row.ended:
+        return None
+    return Succeeded([str(t) for t in row.queued], str(row.state))
+
+
+def _or_handed_back(fn: Callable[[], T]) -> T | None:
+    """``fn()``; None when its statement handed the case back (``flowq_general_path()``)."""
     try:
-        row: Any = sent.fetchone()
+        return fn()
     except psycopg.Error as exc:
         if exc.sqlstate == GENERAL_PATH:
             return None
         raise
-    if row is None or not row.ended:
-        return None
-    return Succeeded([str(t) for t in row.queued], str(row.state))
 
 
 def queue_pending(
