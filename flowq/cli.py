@@ -17,6 +17,9 @@ import yaml
 from flowq import states as S
 from flowq.cli_servers import cmd_api, cmd_db, cmd_flower, cmd_worker
 from flowq.errors import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
     FlowqError,
     InvalidTransition,
     NotFound,
@@ -25,8 +28,6 @@ from flowq.errors import (
     WaitTimeout,
 )
 from flowq.settings import Settings
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 STATE_MARK = {
     "queued": "…",

@@ -7,10 +7,8 @@ import argparse
 import os
 import sys
 
-from flowq.errors import UsageError
+from flowq.errors import EXIT_OK, UsageError
 from flowq.settings import Settings
-
-EXIT_OK = 0  # as in flowq.cli
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -58,3 +58,7 @@ class WaitTimeout(FlowqError):
 
 class UsageError(FlowqError):
     """Bad command-line input: exit code 2."""
+
+
+# The `flowq` command's exit codes (SPEC section 3)
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -31,6 +31,8 @@ from typing import Any, Protocol
 
 import redis
 
+from workers.transport import exchange, pack
+
 log = logging.getLogger("flowq.worker")
 PREFIX = "flowq:held:"
 MAX_LATER = 32  # marks left to delete with the next SET; more are deleted at once
@@ -96,23 +98,15 @@ class RedisMarks:
     def _call(self, *commands: tuple[Any, ...]) -> list[Any]:
         """Send ``commands`` and return their replies; a Redis error in one of them raises."""
         with self._lock:
-            for retry in (False, True):
-                conn = self._conn
-                if conn is None or self._pid != os.getpid():  # not a parent's socket
-                    pool = redis.ConnectionPool.from_url(self.url, socket_timeout=5)
-                    conn = pool.make_connection()
-                    self._conn, self._pid = conn, os.getpid()
-                try:
-                    conn.send_packed_command(conn.pack_commands(commands), check_health=False)
-                    return [conn.read_response() for _ in commands]
-                except (redis.ConnectionError, redis.TimeoutError, OSError):
-                    conn.disconnect()  # connects again on the next send
-                    if retry:
-                        raise
-                except BaseException:
-                    conn.disconnect()  # replies may be left unread: start afresh
-                    raise
-        raise AssertionError("unreachable")
+            return exchange(self._connection, pack(*commands), len(commands))
+
+    def _connection(self) -> Any:
+        conn = self._conn
+        if conn is None or self._pid != os.getpid():  # not a parent's socket
+            pool = redis.ConnectionPool.from_url(self.url, socket_timeout=5)
+            conn = pool.make_connection()
+            self._conn, self._pid = conn, os.getpid()
+        return conn
 
     @staticmethod
     def _key(execution_id: str, task_id: str) -> str:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from time import time
 from typing import Any
 
@@ -38,15 +39,34 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 
-def pack(*commands: tuple[str | bytes, ...]) -> bytes:
+def pack(*commands: tuple[str | bytes | int, ...]) -> bytes:
     """Commands in Redis's protocol (RESP), ready to send in one write."""
     out: list[bytes] = []
     for command in commands:
         out.append(b"*%d\r\n" % len(command))
         for arg in command:
-            raw = arg if isinstance(arg, bytes) else arg.encode()
+            raw = arg if isinstance(arg, bytes) else str(arg).encode()
             out.append(b"$%d\r\n%s\r\n" % (len(raw), raw))
     return b"".join(out)
+
+
+def exchange(connection: Callable[[], Any], data: bytes, replies: int) -> list[Any]:
+    """Send ``data`` (``pack``'s) on ``connection()``'s connection and read ``replies`` replies;
+    a Redis error reply raises. A connection that fails is made again once (``connection`` is
+    asked again); one left with replies unread is dropped."""
+    for retry in (False, True):
+        conn = connection()
+        try:
+            conn.send_packed_command([data], check_health=False)
+            return [conn.read_response() for _ in range(replies)]
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()  # connects again on the next send
+            if retry:
+                raise
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: start afresh
+            raise
+    raise AssertionError("unreachable")
 
 
 class QoS(kombu_redis.QoS):
@@ -91,26 +111,10 @@ class QoS(kombu_redis.QoS):
         """
         data = pack(("MULTI",), *commands, ("EXEC",))
         with self._flowq_lock:
-            self._send(data, len(commands) + 2)
-
-    def _send(self, data: bytes, n: int) -> None:
-        for retry in (False, True):
-            conn = self._connection()
-            try:
-                conn.send_packed_command([data], check_health=False)
-                replies = [conn.read_response() for _ in range(n)]
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                conn.disconnect()  # connects again on the next send
-                if retry:
-                    raise
-                continue
-            except BaseException:
-                conn.disconnect()  # replies may be left unread: start afresh
-                raise
-            for reply in replies[-1] or ():
-                if isinstance(reply, Exception):
-                    raise reply
-            return
+            replies = exchange(self._connection, data, len(commands) + 2)
+        for reply in replies[-1] or ():  # EXEC's: each command's reply
+            if isinstance(reply, Exception):
+                raise reply
 
     def _connection(self) -> Any:
         pool = self.channel.pool  # kombu's for commands outside the poller (a new one after a fork)
