@@ -48,13 +48,30 @@ class Api:
 
     def wait(self, execution_id: str, timeout: float = 30) -> dict[str, Any]:
         """Poll GET /executions/{id} until the execution ended."""
+        return self.wait_until(
+            execution_id,
+            lambda doc: doc["state"] in ("completed", "failed", "cancelled"),
+            lambda doc: f"still {doc['state']} after {timeout}s",
+            timeout,
+        )
+
+    def wait_until(
+        self,
+        execution_id: str,
+        ready: Callable[[dict[str, Any]], bool],
+        why: Callable[[dict[str, Any]], str],
+        timeout: float = 30,
+        every: float = 0.05,
+    ) -> dict[str, Any]:
+        """Poll GET /executions/{id} until ``ready(doc)``; fail with ``why(doc)`` after
+        ``timeout`` seconds."""
         deadline = time.monotonic() + timeout
         while True:
             doc: dict[str, Any] = self.http.get(f"/executions/{execution_id}").json()
-            if doc["state"] in ("completed", "failed", "cancelled"):
+            if ready(doc):
                 return doc
-            assert time.monotonic() < deadline, f"still {doc['state']} after {timeout}s"
-            time.sleep(0.05)
+            assert time.monotonic() < deadline, why(doc)
+            time.sleep(every)
 
 
 def free_port() -> int:

@@ -105,10 +105,13 @@ def test_pause_then_resume_continues_where_it_stopped(api: Api) -> None:
         {"id": "slow", "tasks": [py("a", "sleep", params={"seconds": 0.6}), py("b", deps=("a",))]}
     )
     eid = api.start("slow")["execution_id"]
-    deadline = time.monotonic() + 30  # pause once `a` runs: a task still queued would wait too
-    while api.http.get(f"/executions/{eid}").json()["tasks"]["a"]["state"] != "running":
-        assert time.monotonic() < deadline, "a never started"
-        time.sleep(0.02)
+    # pause once `a` runs: a task still queued would wait too
+    api.wait_until(
+        eid,
+        lambda doc: doc["tasks"]["a"]["state"] == "running",
+        lambda _: "a never started",
+        every=0.02,
+    )
     paused = api.http.post(f"/executions/{eid}/pause")
     assert paused.status_code == 200, paused.text
     assert paused.json()["state"] == "paused"

@@ -46,20 +46,14 @@ def ran(serve_api: ServeApi) -> Iterator[Api]:
             api.wait(api.start(wf)["execution_id"])
         paused = api.start("slow")["execution_id"]
         assert api.http.post(f"/executions/{paused}/pause").json()["state"] == "paused"
-        settle(api, paused)
+        # a pause lets a started task end, and its run time lands in the histograms then:
+        # wait for that, so that no test races it
+        api.wait_until(
+            paused,
+            lambda doc: all(task["state"] != "running" for task in doc["tasks"].values()),
+            lambda _: "a task still running after 30s",
+        )
         yield api
-
-
-def settle(api: Api, execution_id: str, timeout: float = 30) -> None:
-    """Wait until no task of the paused execution is running: a pause lets a started task end,
-    and its run time lands in the histograms then, so the tests must not race it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        doc = api.http.get(f"/executions/{execution_id}").json()
-        if all(task["state"] != "running" for task in doc["tasks"].values()):
-            return
-        assert time.monotonic() < deadline, f"a task still running after {timeout}s"
-        time.sleep(0.05)
 
 
 def test_execution_counters_and_gauges(ran: Api) -> None:
