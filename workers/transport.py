@@ -21,10 +21,20 @@ as it reads its own. With a ``global_keyprefix`` kombu's own code runs.
 (``Connection``) swap kombu's Redis transport for ``Transport`` below, and keep the URL's own
 transport name, so that URLs and Flower's broker view still say ``redis``. Other brokers,
 Redis Sentinel included, keep kombu's transports.
+
+After a lost broker connection, Celery collects the connection's transport and then closes the
+connection; a channel whose first close failed (its poll read the dead socket) is closed again
+then, and kombu's restore of its unacknowledged messages builds a connection pool from the
+collected transport's settings, which are gone: the ``AttributeError`` stopped the worker
+("Unrecoverable error"). ``QoS.restore_unacked`` leaves those messages where they are
+instead: in the unacked hash, from which ``restore_visible`` requeues them after the
+visibility timeout (a Redis that restarted empty lost them anyway; flowq's reconciler
+republishes their tasks).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -37,6 +47,8 @@ from kombu.connection import Connection as KombuConnection
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.json import dumps
+
+log = logging.getLogger("flowq.worker")
 
 
 def pack(*commands: tuple[str | bytes | int, ...]) -> bytes:
@@ -103,6 +115,19 @@ class QoS(kombu_redis.QoS):
             ("HDEL", self.unacked_key, delivery_tag),
         )
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+
+    def restore_unacked(self, client: Any = None) -> Any:
+        connection = self.channel.connection
+        if client is None and (connection is None or connection.client is None):
+            # the transport was collected (see the module): nothing to reach Redis through
+            log.warning(
+                "%d unacknowledged message(s) left for restore after the visibility timeout: "
+                "the broker connection is gone",
+                len(self._delivered),
+            )
+            self._delivered.clear()
+            return []
+        return super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def _transact(self, *commands: tuple[str, ...]) -> None:
         """``MULTI``, ``commands``, ``EXEC`` in one write; raise the first error among them.

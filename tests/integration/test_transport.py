@@ -100,6 +100,28 @@ def test_an_unacked_message_is_restored_by_kombus_restore(redis_url: str) -> Non
         again.ack()
 
 
+def test_a_channel_closed_after_its_transport_was_collected_leaves_its_messages_unacked(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # After a lost connection Celery collects the transport, then closes the connection; a
+    # channel still open then must close without a broker (kombu's restore raised
+    # AttributeError there, and the worker stopped) and leave its messages to restore_visible
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    conn = app.connection_for_write()
+    channel = conn.default_channel
+    message = _take(conn, queue)
+    conn._do_close_transport()  # what Connection.collect does once its channels' close failed
+    conn.close()
+    assert channel.closed
+    assert "1 unacknowledged message(s) left for restore" in caplog.text
+    assert client.hexists(channel.qos.unacked_key, message.delivery_tag)
+    assert client.llen(queue) == 0
+    client.hdel(channel.qos.unacked_key, message.delivery_tag)
+    client.zrem(channel.qos.unacked_index_key, message.delivery_tag)
+
+
 def _client_id(conn: Any) -> int:
     conn.send_command("CLIENT", "ID")
     return int(conn.read_response())
