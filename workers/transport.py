@@ -23,8 +23,8 @@ transport name, so that URLs and Flower's broker view still say ``redis``. Other
 Redis Sentinel included, keep kombu's transports.
 
 After a lost broker connection, Celery collects the connection's transport and then closes the
-connection; a channel whose first close failed (its poll read the dead socket) is closed again
-then, and kombu's restore of its unacknowledged messages builds a connection pool from the
+connection; a channel left open by the first step (its close failed there) is closed by the
+second, and kombu's restore of its unacknowledged messages builds a connection pool from the
 collected transport's settings, which are gone: the ``AttributeError`` stopped the worker
 ("Unrecoverable error"). ``QoS.restore_unacked`` leaves those messages where they are
 instead: in the unacked hash, from which ``restore_visible`` requeues them after the
