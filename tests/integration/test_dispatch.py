@@ -1,0 +1,140 @@
+"""Publishing task messages (``workers.app.CeleryDispatcher``) to a real Redis."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+from kombu.exceptions import BatchPublishError
+from kombu.transport import redis as kombu_redis
+
+from flowq.execution import Dispatch
+from flowq.settings import Settings
+from workers import app as worker_app
+from workers.app import PUBLISH_BATCH, CeleryDispatcher, create_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app(redis_url: str) -> Celery:
+    return create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+
+
+@pytest.fixture
+def queue(redis_url: str) -> Iterator[str]:
+    name = f"flowq-dispatch-{uuid.uuid4().hex[:8]}"
+    yield name
+    client = redis.Redis.from_url(redis_url)
+    for key in client.keys(name + "*"):
+        client.delete(key)
+
+
+def _dispatches(n: int, priority: int = 5) -> list[Dispatch]:
+    eid = str(uuid.uuid4())
+    return [
+        Dispatch(eid, f"t{i}", "wf", 1, "d" * 40, priority, "flowq", timeout=30.0 if i else None)
+        for i in range(n)
+    ]
+
+
+def _messages(redis_url: str, queue: str) -> list[dict[str, Any]]:
+    """Every message waiting in ``queue`` (all its priority lists), oldest first."""
+    client = redis.Redis.from_url(redis_url)
+    out = []
+    for key in sorted(client.keys(queue + "*")):
+        if client.type(key) == b"list":
+            out += [json.loads(raw) for raw in reversed(client.lrange(key, 0, -1))]
+    return out
+
+
+def _kwargs(message: dict[str, Any]) -> dict[str, Any]:
+    body = json.loads(base64.b64decode(message["body"]))
+    kwargs: dict[str, Any] = body[1]
+    return kwargs
+
+
+def _shape(message: dict[str, Any]) -> tuple[Any, ...]:
+    """What must not differ between two messages of the same task but their ids."""
+    headers, props = message["headers"], message["properties"]
+    return (
+        sorted(headers),
+        sorted(props),
+        headers["task"],
+        headers["retries"],
+        headers["ignore_result"],
+        props["priority"],
+        props["delivery_info"],
+        message["content-type"],
+    )
+
+
+def test_a_send_publishes_each_task_once_in_batches_as_celery_would_one_by_one(
+    app: Celery, queue: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flushes: list[int] = []
+    real_flush = kombu_redis.PublishBatch.flush
+
+    def counted(self: Any) -> None:
+        flushes.append(self._buffered)
+        real_flush(self)
+
+    monkeypatch.setattr(kombu_redis.PublishBatch, "flush", counted)
+    dispatcher = CeleryDispatcher(app, only_queue=queue)
+    single = _dispatches(1)
+    dispatcher.send(single)  # one message: Celery's own publish, unbatched
+    assert flushes == []
+    many = _dispatches(2 * PUBLISH_BATCH + 10)
+    dispatcher.send(many)
+    # a pipeline per PUBLISH_BATCH messages, the rest at the end of the send
+    assert [n for n in flushes if n] == [PUBLISH_BATCH, PUBLISH_BATCH, 10]
+
+    messages = _messages(redis_url, queue)
+    sent = [(d.execution_id, d.task_id) for d in single + many]
+    got = [(_kwargs(m)["execution_id"], _kwargs(m)["task_id"]) for m in messages]
+    assert sorted(got) == sorted(sent)  # each exactly once
+    by_task = {(_kwargs(m)["execution_id"], _kwargs(m)["task_id"]): m for m in messages}
+    one = by_task[(single[0].execution_id, "t0")]
+    for d in many:
+        m = by_task[(d.execution_id, d.task_id)]
+        assert _shape(m) == _shape(one)
+        assert _kwargs(m)["digest"] == d.digest
+        limits = [None, None] if d.timeout is None else [d.timeout + 5.0, d.timeout]
+        assert m["headers"]["timelimit"] == limits
+        assert m["headers"]["id"] == m["properties"]["correlation_id"]
+    assert len({m["headers"]["id"] for m in messages}) == len(messages)
+    assert len({m["properties"]["delivery_tag"] for m in messages}) == len(messages)
+
+
+def test_a_batch_that_fails_to_flush_is_published_again_one_by_one(
+    app: Celery,
+    queue: str,
+    redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    real_flush = kombu_redis.PublishBatch.flush
+    failed: list[int] = []
+
+    def fails_once(self: Any) -> None:
+        if not failed and self._buffered:
+            failed.append(self._buffered)
+            self.discard()  # nothing of it reached Redis
+            raise BatchPublishError("Redis publish batch failed; delivery is uncertain")
+        real_flush(self)
+
+    monkeypatch.setattr(kombu_redis.PublishBatch, "flush", fails_once)
+    many = _dispatches(PUBLISH_BATCH + 5)
+    with caplog.at_level(logging.WARNING, logger=worker_app.log.name):
+        CeleryDispatcher(app, only_queue=queue).send(many)
+    assert failed == [PUBLISH_BATCH]
+    got = sorted(_kwargs(m)["task_id"] for m in _messages(redis_url, queue))
+    assert got == sorted(d.task_id for d in many)
+    assert any("publishing them one by one" in r.getMessage() for r in caplog.records)
