@@ -28,7 +28,7 @@ import random
 import signal
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from billiard import pool as billiard_pool
@@ -51,8 +51,7 @@ log = logging.getLogger("flowq.worker")
 TASK_NAME = "flowq.run"
 DEFAULT_QUEUE = "flowq"
 HARD_LIMIT_GRACE = 5.0
-# Messages sent per round trip to the broker (``CeleryDispatcher``): small enough that a large
-# fan-out's first tasks start while the rest is still being published
+# The most messages sent per round trip to the broker (``CeleryDispatcher``)
 PUBLISH_BATCH = 25
 # How long a claim may stay uncommitted, to be committed with its task's success
 # (flowq.store.held): FLOWQ_CLAIM_HOLD_SECONDS; 0 commits every claim by itself (see the
@@ -155,16 +154,26 @@ def error_line(exc: BaseException) -> str:
     return line if len(line) <= 500 else line[:497] + "..."
 
 
+def _chunks(items: Sequence[Dispatch]) -> Iterator[Sequence[Dispatch]]:
+    """``items`` in chunks of 2, 4, 8, 16, then ``PUBLISH_BATCH``: the first tasks of a large
+    fan-out start while the rest is still being published."""
+    size, start = 2, 0
+    while start < len(items):
+        yield items[start : start + size]
+        start += size
+        size = min(2 * size, PUBLISH_BATCH)
+
+
 class CeleryDispatcher:
     """Publishes task messages through a Celery app; ``only_queue`` overrides task queues.
 
     The messages of one ``send`` (an execution's roots, a task's successors) go out through
-    kombu's producer batch (``Producer.batch``, kombu 5.7): on Redis, a pipeline per
-    ``PUBLISH_BATCH`` messages instead of one LPUSH round trip per message; each queue is
-    declared once per send, not once per message. A batch that fails (its flush, or the
-    connection) leaves its delivery uncertain: the same messages are then published again
-    one by one, through Celery's publish and its retry policy. A message that arrives twice
-    runs once: the second finds its task claimed and is ignored, as a republished one is.
+    kombu's producer batch (``Producer.batch``, kombu 5.7): on Redis, a pipeline per chunk
+    (``_chunks``) instead of one LPUSH round trip per message; each queue is declared once per
+    send, not once per message. A chunk that fails (its flush, or the connection) leaves its
+    delivery uncertain: it and the rest are then published one by one, through Celery's
+    publish and its retry policy. A message that arrives twice runs once: the second finds its
+    task claimed and is ignored, as a republished one is.
     """
 
     def __init__(self, app: Celery, only_queue: str | None = None) -> None:
@@ -177,29 +186,33 @@ class CeleryDispatcher:
             return
         with self.app.producer_or_acquire() as producer:
             if len(items) == 1:
-                self._publish(producer, items, declared=False)
+                self._publish(producer, items, None)
                 return
             uncertain = (BatchPublishError, *producer.connection.connection_errors)
+            declared: set[str] = set()
+            sent = 0
             try:
-                with producer.batch(max_size=PUBLISH_BATCH):
-                    self._publish(producer, items, declared=True)
+                for chunk in _chunks(items):
+                    with producer.batch(max_size=len(chunk)):
+                        self._publish(producer, chunk, declared)
+                    sent += len(chunk)
             except uncertain as exc:
                 log.warning(
                     "publishing %d task messages at once failed (%s); publishing them one by one",
-                    len(items),
+                    len(items) - sent,
                     error_line(exc.__cause__ or exc),
                 )
-                self._publish(producer, items, declared=False)
+                self._publish(producer, items[sent:], None)
 
-    def _publish(self, producer: Any, items: Sequence[Dispatch], declared: bool) -> None:
-        """``declared``: declare each queue here, once, and not with each message."""
+    def _publish(self, producer: Any, items: Sequence[Dispatch], declared: set[str] | None) -> None:
+        """``declared``: the queues declared so far, each declared here once, not with each
+        message; None: Celery declares the queue with each message."""
         task = self.app.tasks[TASK_NAME]
-        seen: set[str] = set()
         for d in items:
             queue = self.only_queue or d.queue
-            if declared and queue not in seen:
+            if declared is not None and queue not in declared:
                 producer.maybe_declare(self.app.amqp.queues[queue])
-                seen.add(queue)
+                declared.add(queue)
             ids = {"execution_id": d.execution_id, "task_id": d.task_id}
             task.apply_async(
                 kwargs={**ids, "digest": d.digest},  # the digest names the definition
@@ -211,7 +224,7 @@ class CeleryDispatcher:
                 queue=queue,
                 priority=celery_priority(d.priority),
                 producer=producer,
-                declare=[] if declared else None,
+                declare=None if declared is None else [],
                 **time_limits(d.timeout),
             )
 

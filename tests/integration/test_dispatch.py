@@ -76,7 +76,7 @@ def _shape(message: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def test_a_send_publishes_each_task_once_in_batches_as_celery_would_one_by_one(
+def test_a_send_publishes_each_task_once_in_chunks_as_celery_would_one_by_one(
     app: Celery, queue: str, redis_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     flushes: list[int] = []
@@ -91,10 +91,10 @@ def test_a_send_publishes_each_task_once_in_batches_as_celery_would_one_by_one(
     single = _dispatches(1)
     dispatcher.send(single)  # one message: Celery's own publish, unbatched
     assert flushes == []
-    many = _dispatches(2 * PUBLISH_BATCH + 10)
+    many = _dispatches(60)
     dispatcher.send(many)
-    # a pipeline per PUBLISH_BATCH messages, the rest at the end of the send
-    assert [n for n in flushes if n] == [PUBLISH_BATCH, PUBLISH_BATCH, 10]
+    # a pipeline per chunk: small ones first, so that the first tasks start at once
+    assert [n for n in flushes if n] == [2, 4, 8, 16, PUBLISH_BATCH, 5]
 
     messages = _messages(redis_url, queue)
     sent = [(d.execution_id, d.task_id) for d in single + many]
@@ -113,7 +113,7 @@ def test_a_send_publishes_each_task_once_in_batches_as_celery_would_one_by_one(
     assert len({m["properties"]["delivery_tag"] for m in messages}) == len(messages)
 
 
-def test_a_batch_that_fails_to_flush_is_published_again_one_by_one(
+def test_a_chunk_that_fails_to_flush_is_published_again_one_by_one_with_the_rest(
     app: Celery,
     queue: str,
     redis_url: str,
@@ -121,20 +121,25 @@ def test_a_batch_that_fails_to_flush_is_published_again_one_by_one(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     real_flush = kombu_redis.PublishBatch.flush
-    failed: list[int] = []
+    flushes: list[int] = []
 
-    def fails_once(self: Any) -> None:
-        if not failed and self._buffered:
-            failed.append(self._buffered)
-            self.discard()  # nothing of it reached Redis
-            raise BatchPublishError("Redis publish batch failed; delivery is uncertain")
+    def third_fails(self: Any) -> None:
+        if self._buffered:
+            flushes.append(self._buffered)
+            if len(flushes) == 3:
+                self.discard()  # nothing of it reached Redis
+                raise BatchPublishError("Redis publish batch failed; delivery is uncertain")
         real_flush(self)
 
-    monkeypatch.setattr(kombu_redis.PublishBatch, "flush", fails_once)
+    monkeypatch.setattr(kombu_redis.PublishBatch, "flush", third_fails)
     many = _dispatches(PUBLISH_BATCH + 5)
     with caplog.at_level(logging.WARNING, logger=worker_app.log.name):
         CeleryDispatcher(app, only_queue=queue).send(many)
-    assert failed == [PUBLISH_BATCH]
+    assert flushes == [2, 4, 8]  # the third chunk failed; it and the rest went one by one
     got = sorted(_kwargs(m)["task_id"] for m in _messages(redis_url, queue))
-    assert got == sorted(d.task_id for d in many)
-    assert any("publishing them one by one" in r.getMessage() for r in caplog.records)
+    assert got == sorted(
+        d.task_id for d in many
+    )  # each exactly once: the first two are not sent again
+    assert any(
+        "publishing 24 task messages at once failed" in r.getMessage() for r in caplog.records
+    )
