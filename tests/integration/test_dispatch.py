@@ -137,9 +137,8 @@ def test_a_chunk_that_fails_to_flush_is_published_again_one_by_one_with_the_rest
         CeleryDispatcher(app, only_queue=queue).send(many)
     assert flushes == [2, 4, 8]  # the third chunk failed; it and the rest went one by one
     got = sorted(_kwargs(m)["task_id"] for m in _messages(redis_url, queue))
-    assert got == sorted(
-        d.task_id for d in many
-    )  # each exactly once: the first two are not sent again
+    # each exactly once: the first two chunks are not sent again
+    assert got == sorted(d.task_id for d in many)
     assert any(
         "publishing 24 task messages at once failed" in r.getMessage() for r in caplog.records
     )
