@@ -1,9 +1,10 @@
 """``python -m bench.store_cost``: what flowq's store costs per task, without Celery or Redis.
 
 Drives the coordinator in-process on a fresh Postgres database (messages go to a list, not a
-broker) and reports, for ``start``, ``claim`` and ``succeeded``: statements sent, commits and
-time per call. Statements are round trips to Postgres, so they set the floor of a task's time
-that no worker tuning removes. Use it to see what an engine change saves, before the full bench.
+broker) through a chain, a chord and executions of 20 independent tasks, and reports, for
+``start``, ``claim`` and ``succeeded``: statements sent, commits and time per call. Statements
+are round trips to Postgres, so they set the floor of a task's time that no worker tuning
+removes. Use it to see what an engine change saves, before the full bench.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import sqlalchemy as sa
 from bench import shapes
 from bench.cpu import backends, process_cpu
 from bench.env import PG_ADMIN_URL
+from bench.plan import PER_EXECUTION
 from flowq import Workflow
 from flowq.coordinator import Coordinator, Dispatch
 from flowq.store import Store, hotpath
@@ -91,9 +93,17 @@ class Meter:
         return rows
 
 
-def drive(coordinator: Coordinator, sent: list[Dispatch], meter: Meter, workflow_id: str) -> None:
-    """Start one execution and run every task it dispatches, in order, as a worker would."""
-    meter.time("start", coordinator.start, workflow_id)
+def drive(
+    coordinator: Coordinator,
+    sent: list[Dispatch],
+    meter: Meter,
+    workflow_id: str,
+    executions: int = 1,
+) -> None:
+    """Start ``executions`` executions back to back, then run every task they dispatch, in
+    order, as a worker would."""
+    for _ in range(executions):
+        meter.time("start", coordinator.start, workflow_id)
     while sent:
         d = sent.pop(0)
         hold = coordinator.may_hold(d.execution_id, d.task_id, d.digest)  # as a worker does
@@ -134,21 +144,27 @@ def main(argv: list[str] | None = None) -> int:
         store.upgrade()
         dispatcher = ListDispatcher()
         coordinator = Coordinator(store, dispatcher, hold=args.hold)
-        for definition in (shapes.chain_def(args.tasks), shapes.fan_in_def(args.tasks)):
+        per = PER_EXECUTION
+        cases = (
+            (shapes.chain_def(args.tasks), 1),
+            (shapes.fan_in_def(args.tasks), 1),
+            (shapes.ticks_def(per), max(1, args.tasks // per)),  # the bench's "100 x 20"
+        )
+        for definition, executions in cases:
             wf = Workflow.from_dict(definition)
             coordinator.register(wf)
             warm = Meter(store.engine)
-            drive(coordinator, dispatcher.sent, warm, wf.id)  # warm caches
+            drive(coordinator, dispatcher.sent, warm, wf.id, executions)  # warm caches
             warm.close()
             meter = Meter(store.engine)
             serving = partial(backends, admin, name)
             before, wal = {pid: process_cpu(pid) for pid in serving()}, _wal(admin)
-            drive(coordinator, dispatcher.sent, meter, wf.id)
+            drive(coordinator, dispatcher.sent, meter, wf.id, executions)
             server = sum(process_cpu(pid) - before.get(pid, 0.0) for pid in serving())
             wal = _wal(admin) - wal
             meter.close()
-            n = len(wf.task_ids)
-            print(f"\n{wf.id} ({n} tasks)\n")
+            n = len(wf.task_ids) * executions
+            print(f"\n{wf.id} x {executions} ({n} tasks)\n")
             print("\n".join(meter.lines()))
             print(
                 f"\nPer task: Postgres backends' CPU {1000 * server / n:.3f} ms, "

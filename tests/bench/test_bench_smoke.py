@@ -121,16 +121,18 @@ def test_store_cost_counts_one_commit_per_task_and_the_server_side(
     require_service("Postgres", "127.0.0.1", 5432)
     from bench import store_cost
 
-    assert store_cost.main(["--tasks", "30"]) == 0
+    assert store_cost.main(["--tasks", "40"]) == 0
     out = capsys.readouterr().out
     # a claim and a success are one statement each; held, the success commits both
-    for shape in ("bench_chain_30", "bench_chord_30"):
+    starts = {"bench_chain_40": "1", "bench_chord_40": "1", "bench_ticks_20": "2"}
+    for shape, executions in starts.items():
         section = out.split(shape, 1)[1].split("bench_", 1)[0]
         rows = {
             line.split("|")[1].strip(): line.split("|")
             for line in section.splitlines()
             if "|" in line
         }
+        assert rows["start"][2].strip() == executions  # "100 x 20": executions of 20 ticks
         assert [c.strip() for c in rows["claim"][3:5]] == ["1.00", "0.00"]
         assert [c.strip() for c in rows["succeeded"][3:5]] == ["1.00", "1.00"]
         cpu, wal = section.split("Per task: Postgres backends' CPU ", 1)[1].split(" ms, WAL ")
