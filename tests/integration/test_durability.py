@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis
 
-from flowq import Client, Workflow
+from flowq import Client, WaitTimeout, Workflow
 from flowq.coordinator import Dispatch
 from tests.engine.conftest import py
 from tests.history_check import assert_legal_history
@@ -304,7 +304,10 @@ def test_redis_restarted_while_tasks_queued_and_running(
     eid = client.start("k_redis", {})
     wait_for(lambda: effects.exists(), what="the first side effect")
     restart_redis()
-    doc = client.wait(eid, timeout=120)
+    try:
+        doc = client.wait(eid, timeout=120)
+    except WaitTimeout as exc:  # say where it stopped: the tasks, and what the worker logged
+        pytest.fail(_stuck(exc, client, eid, cluster.logs / "redis_restart.log"))
     assert doc["state"] == "completed"
     history = client.history(eid)
     for i in range(8):
@@ -312,6 +315,17 @@ def test_redis_restarted_while_tasks_queued_and_running(
     keys = {line.split(" ")[0] for line in effects.read_text().splitlines()}
     assert keys == {f"{eid}:t{i}" for i in range(8)}
     assert_legal_history(history)
+
+
+def _stuck(exc: Exception, client: Client, eid: str, log: Path) -> str:
+    """What an execution that did not end was doing: each task's state and attempts, then
+    the worker's warnings and errors and its last lines."""
+    tasks = client.status(eid)["tasks"]
+    states = ", ".join(f"{t}: {v['state']} ({v['attempts']})" for t, v in sorted(tasks.items()))
+    lines = log.read_text(errors="replace").splitlines()
+    noted = [line for line in lines if "WARNING/" in line or "ERROR/" in line or "Error" in line]
+    tail = "\n".join([*noted[-30:], "-- last lines --", *lines[-20:]])
+    return f"{exc}\ntasks: {states}\nworker log ({log}):\n{tail}"
 
 
 def test_postgres_restarted_while_a_workflow_runs(
