@@ -144,11 +144,11 @@ def main(argv: list[str] | None = None) -> int:
         store.upgrade()
         dispatcher = ListDispatcher()
         coordinator = Coordinator(store, dispatcher, hold=args.hold)
-        per = PER_EXECUTION
         cases = (
             (shapes.chain_def(args.tasks), 1),
             (shapes.fan_in_def(args.tasks), 1),
-            (shapes.ticks_def(per), max(1, args.tasks // per)),  # the bench's "100 x 20"
+            # the bench's "100 x 20": executions of PER_EXECUTION independent tasks
+            (shapes.ticks_def(PER_EXECUTION), max(1, args.tasks // PER_EXECUTION)),
         )
         for definition, executions in cases:
             wf = Workflow.from_dict(definition)

@@ -46,11 +46,15 @@ class Cluster:
             check=False,
         )
 
+    def log_of(self, name: str) -> Path:
+        """Where worker ``name`` (``start_worker``'s) writes its output."""
+        return self.logs / f"{name}.log"
+
     def start_worker(
         self, name: str, *extra: str, concurrency: int = 2, env: dict[str, str] | None = None
     ) -> subprocess.Popen[bytes]:
         """Start a `flowq worker` process and wait until it consumes."""
-        log = self.logs / f"{name}.log"
+        log = self.log_of(name)
         proc = subprocess.Popen(
             [*FLOWQ, "worker", "-c", str(concurrency), "-n", f"{name}@%h", *extra],
             env={**self.env, **(env or {})},

@@ -307,7 +307,7 @@ def test_redis_restarted_while_tasks_queued_and_running(
     try:
         doc = client.wait(eid, timeout=120)
     except WaitTimeout as exc:  # say where it stopped: the tasks, and what the worker logged
-        pytest.fail(_stuck(exc, client, eid, cluster.logs / "redis_restart.log"))
+        pytest.fail(_stuck(exc, client, eid, cluster.log_of("redis_restart")))
     assert doc["state"] == "completed"
     history = client.history(eid)
     for i in range(8):
