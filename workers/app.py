@@ -206,26 +206,60 @@ class CeleryDispatcher:
 
     def _publish(self, producer: Any, items: Sequence[Dispatch], declared: set[str] | None) -> None:
         """``declared``: the queues declared so far, each declared here once, not with each
-        message; None: Celery declares the queue with each message."""
-        task = self.app.tasks[TASK_NAME]
+        message; None: Celery declares the queue with each message.
+
+        Each message is made and sent by Celery's own two steps (``amqp.create_task_message``,
+        ``amqp.send_task_message``: the same protocol-2 message, publish signals, retry policy
+        and queue declaration as ``apply_async``), without what ``apply_async`` and
+        ``send_task`` add per call for a task flowq addresses explicitly: merging the task's
+        options, routing, and a result object per message. They cost more than the message.
+        """
+        app = self.app
+        amqp = app.amqp
+        task = app.tasks[TASK_NAME]
+        ignore_result = bool(task.ignore_result)
+        # what ``send_task`` does: a task sent from inside a task is its child (Flower's tree)
+        parent = app.current_worker_task
+        root_id = parent_id = None
+        if parent is not None:
+            root_id = parent.request.root_id or parent.request.id
+            parent_id = parent.request.id
+        reply_to = app.thread_oid
+        sent_event = app.conf.task_send_sent_event
         for d in items:
             queue = self.only_queue or d.queue
             if declared is not None and queue not in declared:
-                producer.maybe_declare(self.app.amqp.queues[queue])
+                producer.maybe_declare(amqp.queues[queue])
                 declared.add(queue)
             ids = {"execution_id": d.execution_id, "task_id": d.task_id}
-            task.apply_async(
-                kwargs={**ids, "digest": d.digest},  # the digest names the definition
+            task_id = str(uuid.uuid4())
+            limits = time_limits(d.timeout)
+            message = amqp.create_task_message(
+                task_id,
+                TASK_NAME,
+                (),
+                {**ids, "digest": d.digest},  # the digest names the definition
+                reply_to=reply_to,
+                time_limit=limits.get("time_limit"),
+                soft_time_limit=limits.get("soft_time_limit"),
+                create_sent_event=sent_event,
+                root_id=root_id,
+                parent_id=parent_id,
+                ignore_result=ignore_result,
                 # what Flower and the logs show: the workflow, not the digest; plain reprs
                 # (Celery's default saferepr costs more than the rest of the message)
                 argsrepr="()",
                 kwargsrepr=repr({**ids, "workflow_id": d.workflow_id}),
-                task_id=str(uuid.uuid4()),
+            )
+            if not ignore_result:
+                app.backend.on_task_call(producer, task_id)
+            amqp.send_task_message(
+                producer,
+                TASK_NAME,
+                message,
                 queue=queue,
                 priority=celery_priority(d.priority),
-                producer=producer,
                 declare=None if declared is None else [],
-                **time_limits(d.timeout),
             )
 
     def revoke(self, celery_ids: Sequence[str]) -> None:

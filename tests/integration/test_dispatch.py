@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
+from celery._state import _task_stack
 from kombu.exceptions import BatchPublishError
 from kombu.transport import redis as kombu_redis
 
@@ -142,3 +143,55 @@ def test_a_chunk_that_fails_to_flush_is_published_again_one_by_one_with_the_rest
     assert any(
         "publishing 24 task messages at once failed" in r.getMessage() for r in caplog.records
     )
+
+
+def _sans_ids(message: dict[str, Any]) -> dict[str, Any]:
+    """A message without what differs per publish: its ids and body."""
+    headers = {k: v for k, v in message["headers"].items() if k not in ("id", "root_id")}
+    props = {
+        k: v
+        for k, v in message["properties"].items()
+        # apply_async copies the reprs into the properties too; Celery reads the headers'
+        if k not in ("correlation_id", "delivery_tag", "reply_to", "argsrepr", "kwargsrepr")
+    }
+    return {**message, "headers": headers, "properties": props, "body": None}
+
+
+def test_a_message_is_the_one_celery_apply_async_sends_for_the_same_task(
+    app: Celery, queue: str, redis_url: str
+) -> None:
+    d = _dispatches(2)[1]  # with a timeout
+    CeleryDispatcher(app, only_queue=queue).send([d])
+    ids = {"execution_id": d.execution_id, "task_id": d.task_id}
+    app.tasks[worker_app.TASK_NAME].apply_async(
+        kwargs={**ids, "digest": d.digest},
+        argsrepr="()",
+        kwargsrepr=repr({**ids, "workflow_id": d.workflow_id}),
+        queue=queue,
+        priority=worker_app.celery_priority(d.priority),
+        **worker_app.time_limits(d.timeout),
+    )
+    ours, celerys = _messages(redis_url, queue)
+    assert _sans_ids(ours) == _sans_ids(celerys)
+    assert _kwargs(ours) == _kwargs(celerys)
+    assert ours["headers"]["root_id"] == ours["headers"]["id"]  # a root: no parent task
+
+
+def test_a_message_sent_from_inside_a_task_names_it_parent_and_its_root(
+    app: Celery, queue: str, redis_url: str
+) -> None:
+    task = app.tasks[worker_app.TASK_NAME]
+    parent_id, root_id = str(uuid.uuid4()), str(uuid.uuid4())
+    task.push_request(id=parent_id, root_id=root_id, called_directly=False)
+    _task_stack.push(task)  # what Celery's tracer does while a task runs
+    try:
+        assert app.current_worker_task is task
+        CeleryDispatcher(app, only_queue=queue).send(_dispatches(3))
+    finally:
+        _task_stack.pop()
+        task.pop_request()
+    messages = _messages(redis_url, queue)
+    assert len(messages) == 3
+    assert {(m["headers"]["parent_id"], m["headers"]["root_id"]) for m in messages} == {
+        (parent_id, root_id)
+    }
