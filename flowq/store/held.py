@@ -333,6 +333,8 @@ class Holder:
         self._forked()
         conn: Wire | None = getattr(self._local, "conn", None)
         if conn is None or conn.closed or conn.broken:
+            if conn is not None:  # broken, not closed yet: close it, not leave it to the GC
+                self._drop(conn)
             raw = self.store.connect_raw()
             try:
                 conn = Wire(raw)  # in pipeline mode for the connection's life

@@ -34,6 +34,8 @@ import psycopg
 from psycopg import errors, pq
 from psycopg.types.json import Jsonb
 
+from flowq.store.statements import GENERAL_PATH
+
 # The parameters whose type the server cannot tell from where they stand (a select list, a
 # UNION): they are declared; every other parameter is sent as ``unknown`` (as psycopg sends a
 # str) and typed by its context.
@@ -217,6 +219,14 @@ class _Sync:
     """Where a Sync was sent: its result ends the transaction before it."""
 
 
+def ends_session(error: psycopg.Error) -> bool:
+    """Whether a statement's error means starting on a new session: the server ending this
+    one (57P01...) or a deadlock. A statement handing its case back to the general path
+    (``GENERAL_PATH``, whose unknown class psycopg maps to ``OperationalError`` as well) leaves
+    the session as it was: its transaction is rolled back at the Sync, like any error's."""
+    return isinstance(error, psycopg.OperationalError) and error.sqlstate != GENERAL_PATH
+
+
 class Wire:
     """A psycopg connection in libpq's pipeline mode, driven directly.
 
@@ -336,8 +346,7 @@ class Wire:
                 if pending.error is None and res is not None and res.status == _ERROR:
                     pending.error = errors.error_from_result(res, encoding="utf-8")
             if pending.error is not None:
-                # the server ending the session (57P01...) or a deadlock: start on a new one
-                self._broken = self._broken or isinstance(pending.error, psycopg.OperationalError)
+                self._broken = self._broken or ends_session(pending.error)
                 if first_error is None and not pending.deferred:
                     first_error = pending.error
             if pending is last:

@@ -156,7 +156,8 @@ def test_a_handed_back_success_takes_the_held_claim_with_it(store: Store) -> Non
         _, held = claim(holder)
         assert succeed(holder, held, []) is None
         assert held.lost and not held.open
-        # the connection is usable for the next claim
+        # the connection is usable for the next claim: the same one
+        assert not held.conn.broken
         store.transact(lambda tx: tx.cas_task("e1", "f", "failed", "queued"))
         got = holder.claim(
             lambda tx: tx.claim_queued("e1", "f", [], celery_id=None, worker=None),
@@ -167,6 +168,7 @@ def test_a_handed_back_success_takes_the_held_claim_with_it(store: Store) -> Non
             None,
         )
         assert got is not None
+        assert got[1].conn is held.conn
         got[1].commit()
     finally:
         holder.close()
@@ -336,10 +338,31 @@ def test_a_success_sent_for_later_lost_with_its_connection_says_so(store: Store)
         with pytest.raises(psycopg.OperationalError):
             succeed_later(holder, held, "a", got)
         assert held.lost and got == []
-        # the next claim opens another connection
+        # the next claim opens another connection, and closes the broken one
         _, held_c = claim_of(holder, "c")
+        assert held_c.conn is not held.conn and held.conn.closed
         held_c.commit()
     finally:
         holder.close()
     assert rows(store)["a"][0] == "queued"
+    assert rows(store)["c"][0] == "running"
+
+
+def test_a_connection_given_up_on_is_closed_when_the_next_claim_replaces_it(
+    store: Store,
+) -> None:
+    _setup(store, {"a": queued(), "c": queued()}, remaining=2)
+    holder = Holder(store, hold=30)
+    try:
+        _, held = claim(holder)
+        held.commit()
+        held.conn._broken = True  # as after a deadlock: the session lives, the Wire is done
+        assert not held.conn.closed
+        _, held_c = claim_of(holder, "c")
+        assert held_c.conn is not held.conn
+        assert held.conn.closed  # not left open, its session with it, for the collector
+        held_c.commit()
+    finally:
+        holder.close()
+    assert rows(store)["a"][0] == "running"
     assert rows(store)["c"][0] == "running"

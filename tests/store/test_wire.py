@@ -9,6 +9,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from flowq.store.statements import GENERAL_PATH
 from flowq.store.wire import Wire, encode, statement, text_array
 
 
@@ -19,6 +20,11 @@ def wire(postgres_url: str) -> Iterator[Wire]:
     with psycopg.connect(url, autocommit=True) as setup:
         setup.execute("DROP TABLE IF EXISTS wire_t")
         setup.execute("CREATE TABLE wire_t (k text PRIMARY KEY, v jsonb, at timestamptz)")
+        # what flowq_general_path() raises, under a name of this test's own
+        setup.execute(
+            "CREATE OR REPLACE FUNCTION wire_hand_back() RETURNS integer LANGUAGE plpgsql AS "
+            f"$$ BEGIN RAISE EXCEPTION USING ERRCODE = '{GENERAL_PATH}', MESSAGE = 'back'; END $$"
+        )
     try:
         yield w
     finally:
@@ -140,6 +146,23 @@ def test_a_lost_connection_raises_operational_error_and_breaks_the_wire(wire: Wi
         wire.execute("SELECT 1 AS one").fetchone()
         wire.sync()
     assert wire.broken
+
+
+def test_a_statement_handing_its_case_back_leaves_the_session_usable(wire: Wire) -> None:
+    # psycopg takes the hand-back's unknown SQLSTATE class for an OperationalError, as it
+    # does a lost connection's; the Wire must not: a new session per hand-back costs a
+    # connection (and every execution's last task is handed back)
+    pid = wire.execute("SELECT pg_backend_pid() AS pid").fetchone().pid
+    wire.sync()
+    wire.execute("INSERT INTO wire_t (k) VALUES (%(k)s)", {"k": "undone"})
+    wire.execute("SELECT wire_hand_back() AS x")
+    with pytest.raises(psycopg.OperationalError) as raised:
+        wire.sync()
+    assert raised.value.sqlstate == GENERAL_PATH
+    assert not wire.broken
+    assert wire.execute("SELECT pg_backend_pid() AS pid").fetchone().pid == pid
+    wire.sync()
+    assert _count(wire) == 0  # the transaction went with the error
 
 
 def _committed(wire: Wire) -> int:
