@@ -60,7 +60,9 @@ def mode_of(args: argparse.Namespace) -> Mode:
     mode = MODES[args.mode]
     if args.repeats:
         n = args.repeats
-        mode = dataclasses.replace(mode, repeats=n, report_repeats=n, big_repeats=n)
+        mode = dataclasses.replace(
+            mode, repeats=n, report_repeats=n, big_repeats=n, small_repeats=n
+        )
     if args.plain_timeout:
         mode = dataclasses.replace(mode, plain_timeout=args.plain_timeout)
     return mode

@@ -32,15 +32,19 @@ class Mode:
     starts: int  # start-latency samples per side
     flowq_timeout: float
     plain_timeout: float
+    # sizes of 100 and less: runs of a few tenths of a second, whose ratio a host's drift
+    # moves by a tenth or more, so more pairs go into their median
+    small_repeats: int
 
 
 MODES = {
-    "quick": Mode("quick", (100, 1000), (100, 1000), 2, 1, 1, 200, 300, 300),
-    "full": Mode("full", (100, 1000, 10000), (100, 1000, 10000), 3, 3, 2, 200, 1800, 300),
+    "quick": Mode("quick", (100, 1000), (100, 1000), 2, 1, 1, 200, 300, 300, 4),
+    "full": Mode("full", (100, 1000, 10000), (100, 1000, 10000), 3, 3, 2, 200, 1800, 300, 9),
 }
 DIAMOND_LAYERS, DIAMOND_WIDTH = 10, 99  # 10 x (99 + join) = 1,000 tasks
 LATTICE_LAYERS, LATTICE_WIDTH = 27, 37  # 999 + a sink = 1,000 tasks
 EXECUTIONS, PER_EXECUTION = 100, 20
+SMALL = 100  # sizes up to this one are repeated ``small_repeats`` times
 RECONNECT_TASKS = 9  # a fan-out of 8 and its join: wide enough to reach every pool child
 
 
@@ -300,7 +304,9 @@ def _canvas(build: Callable[..., Signature]) -> Canvas:
 
 
 def _repeats(mode: Mode, n: int) -> int:
-    return mode.big_repeats if n >= 10000 else mode.repeats
+    if n >= 10000:
+        return mode.big_repeats
+    return mode.small_repeats if n <= SMALL else mode.repeats
 
 
 def _say(key: str, i: int, side: str, o: Outcome, cpu: dict[str, float] | None = None) -> None:
