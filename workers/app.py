@@ -251,16 +251,18 @@ class CeleryDispatcher:
                 argsrepr="()",
                 kwargsrepr=repr({**ids, "workflow_id": d.workflow_id}),
             )
-            if not ignore_result:
-                app.backend.on_task_call(producer, task_id)
-            amqp.send_task_message(
-                producer,
-                TASK_NAME,
-                message,
-                queue=queue,
-                priority=celery_priority(d.priority),
-                declare=None if declared is None else [],
-            )
+            # as ``send_task``: a lost broker raises kombu's OperationalError (the API's 503)
+            with producer.connection._reraise_as_library_errors():
+                if not ignore_result:
+                    app.backend.on_task_call(producer, task_id)
+                amqp.send_task_message(
+                    producer,
+                    TASK_NAME,
+                    message,
+                    queue=queue,
+                    priority=celery_priority(d.priority),
+                    declare=None if declared is None else [],
+                )
 
     def revoke(self, celery_ids: Sequence[str]) -> None:
         """Terminate the given running tasks."""

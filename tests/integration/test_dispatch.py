@@ -14,6 +14,7 @@ import redis
 from celery import Celery
 from celery._state import _task_stack
 from kombu.exceptions import BatchPublishError
+from kombu.exceptions import OperationalError as KombuOperationalError
 from kombu.transport import redis as kombu_redis
 
 from flowq.execution import Dispatch
@@ -195,3 +196,19 @@ def test_a_message_sent_from_inside_a_task_names_it_parent_and_its_root(
     assert {(m["headers"]["parent_id"], m["headers"]["root_id"]) for m in messages} == {
         (parent_id, root_id)
     }
+
+
+def test_a_broker_lost_while_publishing_raises_kombus_operational_error(
+    app: Celery, queue: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # what Celery's send_task raises, and what the API answers 503 to
+    app.conf.task_publish_retry = False
+
+    def gone(*_: Any, **__: Any) -> None:
+        raise redis.exceptions.ConnectionError("Connection refused")
+
+    dispatcher = CeleryDispatcher(app, only_queue=queue)
+    dispatcher.send(_dispatches(1))  # the queue is declared, the connection made
+    monkeypatch.setattr(kombu_redis.Channel, "_put", gone)
+    with pytest.raises(KombuOperationalError, match="Connection refused"):
+        dispatcher.send(_dispatches(1))
