@@ -178,7 +178,7 @@ def test_a_message_is_the_one_celery_apply_async_sends_for_the_same_task(
     assert ours["headers"]["root_id"] == ours["headers"]["id"]  # a root: no parent task
 
 
-def test_a_message_sent_from_inside_a_task_names_it_parent_and_its_root(
+def test_a_message_sent_from_inside_a_task_names_its_parent_and_its_root(
     app: Celery, queue: str, redis_url: str
 ) -> None:
     task = app.tasks[worker_app.TASK_NAME]
