@@ -233,15 +233,12 @@ class CeleryDispatcher:
                 declared.add(queue)
             ids = {"execution_id": d.execution_id, "task_id": d.task_id}
             task_id = str(uuid.uuid4())
-            limits = time_limits(d.timeout)
             message = amqp.create_task_message(
                 task_id,
                 TASK_NAME,
                 (),
                 {**ids, "digest": d.digest},  # the digest names the definition
                 reply_to=reply_to,
-                time_limit=limits.get("time_limit"),
-                soft_time_limit=limits.get("soft_time_limit"),
                 create_sent_event=sent_event,
                 root_id=root_id,
                 parent_id=parent_id,
@@ -250,6 +247,7 @@ class CeleryDispatcher:
                 # (Celery's default saferepr costs more than the rest of the message)
                 argsrepr="()",
                 kwargsrepr=repr({**ids, "workflow_id": d.workflow_id}),
+                **time_limits(d.timeout),
             )
             # as ``send_task``: a lost broker raises kombu's OperationalError (the API's 503)
             with producer.connection._reraise_as_library_errors():
