@@ -102,7 +102,7 @@ def test_list_is_newest_first_filtered_and_paged_with_a_cursor(api: Api) -> None
 
 def test_pause_then_resume_continues_where_it_stopped(api: Api) -> None:
     api.register(
-        {"id": "slow", "tasks": [py("a", "sleep", params={"seconds": 0.6}), py("b", deps=("a",))]}
+        {"id": "slow", "tasks": [py("a", "sleep", params={"seconds": 1.5}), py("b", deps=("a",))]}
     )
     eid = api.start("slow")["execution_id"]
     # pause once `a` runs: a task still queued would wait too
@@ -115,7 +115,7 @@ def test_pause_then_resume_continues_where_it_stopped(api: Api) -> None:
     paused = api.http.post(f"/executions/{eid}/pause")
     assert paused.status_code == 200, paused.text
     assert paused.json()["state"] == "paused"
-    time.sleep(1.0)
+    time.sleep(2.0)  # past the end of `a`
     doc = api.http.get(f"/executions/{eid}").json()
     assert doc["state"] == "paused"
     assert doc["tasks"]["a"]["state"] == "succeeded", "a running task finishes"
@@ -129,7 +129,8 @@ def test_pause_then_resume_continues_where_it_stopped(api: Api) -> None:
 
 def test_cancel_ends_a_running_execution(api: Api) -> None:
     api.register(
-        {"id": "slow", "tasks": [py("a", "sleep", params={"seconds": 0.5}), py("b", deps=("a",))]}
+        # long enough that the cancel always lands while `a` runs, even on a loaded machine
+        {"id": "slow", "tasks": [py("a", "sleep", params={"seconds": 3}), py("b", deps=("a",))]}
     )
     eid = api.start("slow")["execution_id"]
     cancelled = api.http.post(f"/executions/{eid}/cancel")

@@ -92,7 +92,10 @@ def test_cancel_from_paused(client: Client) -> None:
     wf = Workflow.from_dict(
         {
             "id": "c_cancel_p",
-            "tasks": [py("a", "sleep", params={"seconds": 0.5}), py("b", "noop", ("a",))],
+            # long enough that the pause always lands first, even on a loaded CI machine
+            # (0.5 s was not: the execution once completed before the pause); cancel
+            # terminates it, so the test does not wait for it
+            "tasks": [py("a", "sleep", params={"seconds": 10}), py("b", "noop", ("a",))],
         }
     )
     client.register(wf, replace=True)
@@ -100,6 +103,7 @@ def test_cancel_from_paused(client: Client) -> None:
     client.pause(eid)
     doc = client.cancel(eid)
     assert doc["state"] == "cancelled"
+    assert doc["tasks"]["a"]["state"] == "cancelled"
     assert doc["tasks"]["b"]["state"] == "cancelled"
     time.sleep(1)
     assert client.status(eid)["state"] == "cancelled"
