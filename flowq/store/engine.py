@@ -9,6 +9,27 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+# The sessions that run the per-task hot path (``Store.connect_raw``: held claims' Wires and
+# the autocommit single statements) plan without sequential scans where an index serves, and
+# without JIT. Each hot statement finds its rows by primary key, and a session keeps the
+# generic plans of its prepared statements until the tables are analyzed again. Planned while
+# a table is small and analyzed (a new deployment, autovacuum passing early; the bench's
+# VACUUM ANALYZE before each case), such a plan scans the whole table instead of its index,
+# and goes on doing so for every task as the table grows: bench/RESULTS.md (2026-12-05)
+# measured 100 x 20 at 3.55x plain Celery that way instead of 1.4x. JIT is off because the
+# cost that disables a scan is also past ``jit_above_cost``: a statement that must still scan
+# (no index serves it) would be compiled each time it is planned. These statements never
+# gain from JIT.
+HOT_SESSION_OPTIONS = "-c enable_seqscan=off -c jit=off"
+
+
+def hot_options(url: sa.URL) -> str:
+    """libpq's ``options`` for a hot-path session: the URL's own, then ``HOT_SESSION_OPTIONS``."""
+    own = url.query.get("options")
+    if isinstance(own, tuple):  # given more than once: libpq would take the last one
+        own = own[-1]
+    return f"{own} {HOT_SESSION_OPTIONS}" if own else HOT_SESSION_OPTIONS
+
 
 def create_engine(url: str) -> sa.Engine:
     """An engine tuned for flowq: SQLite in WAL mode with write transactions taken up front."""

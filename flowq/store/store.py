@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from flowq.store import hotpath
-from flowq.store.engine import create_engine, is_sqlite
+from flowq.store.engine import create_engine, hot_options, is_sqlite
 from flowq.store.migrate import upgrade
 from flowq.store.tx import iso, utcnow
 from flowq.store.tx_hot import HotPath
@@ -83,9 +83,12 @@ class Store:
             self._hot_pid = os.getpid()
 
     def connect_raw(self) -> hotpath.Raw:
-        """A new psycopg connection to the store, in autocommit mode (Postgres only)."""
+        """A new psycopg connection to the store for the hot path, in autocommit mode, with
+        ``HOT_SESSION_OPTIONS`` (Postgres only)."""
         url = self.engine.url.set(drivername="postgresql")
-        return psycopg.connect(url.render_as_string(hide_password=False), autocommit=True)
+        return psycopg.connect(
+            url.render_as_string(hide_password=False), autocommit=True, options=hot_options(url)
+        )
 
     def sa_connect(self) -> sa.Connection:
         """A pooled SQLAlchemy connection in autocommit mode, for a ``Tx`` opened without one."""

@@ -91,6 +91,18 @@ def test_counters_per_task_stay_within_bounds(
     assert commands <= REDIS_COMMANDS_PER_TASK, f"{commands:.2f} per task: {broker.calls}"
 
 
+def test_vacuum_analyzes_the_bench_database(side: FlowqSide) -> None:
+    side.register(shapes.chain_def(3))
+    PgCommits(side.env.admin, side.env.db_name).vacuum()
+    conn = side._poll_conn()
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE relname = %s",
+        ("flowq_task_runs",),
+    ).fetchone()
+    assert row is not None and None not in row, row
+
+
 def test_cpu_is_split_by_process_class(side: FlowqSide) -> None:
     env = side.env
     meter = CpuMeter(env.admin, env.db_name, env.broker_pid, env.worker_pids)
