@@ -15,11 +15,12 @@ from sqlalchemy.engine import make_url
 # generic plans of its prepared statements until the tables are analyzed again. Planned while
 # a table is small and analyzed (a new deployment, autovacuum passing early; the bench's
 # VACUUM ANALYZE before each case), such a plan scans the whole table instead of its index,
-# and goes on doing so for every task as the table grows: bench/RESULTS.md (2026-12-05)
-# measured 100 x 20 at 3.55x plain Celery that way instead of 1.4x. JIT is off because the
-# cost that disables a scan is also past ``jit_above_cost``: a statement that must still scan
-# (no index serves it) would be compiled each time it is planned. These statements never
-# gain from JIT.
+# for every task, as the table grows, until the next analyze (autovacuum's: once a tenth of
+# the table changed, looked for once a minute; in the bench: not within a case):
+# bench/RESULTS.md (2026-12-05) measured 100 x 20 at 3.55x plain Celery that way, not 1.4x.
+# JIT is off because the cost that disables a scan is also past ``jit_above_cost``: a
+# statement that must still scan (no index serves it) would be compiled each time it is
+# planned. These statements never gain from JIT.
 HOT_SESSION_OPTIONS = "-c enable_seqscan=off -c jit=off"
 
 
