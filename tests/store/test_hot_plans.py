@@ -83,7 +83,7 @@ def test_hot_statements_find_rows_by_index(analyzed_small: Store, name: str) -> 
 
 
 def test_without_the_sessions_options_the_same_plans_scan_tables(analyzed_small: Store) -> None:
-    """What the options prevent: a plain session plans a success as a scan of two tables."""
+    """What the options prevent: a plain session plans a success as a scan of flowq_executions."""
     url = analyzed_small.engine.url.set(drivername="postgresql")
     with psycopg.connect(url.render_as_string(hide_password=False), autocommit=True) as conn:
         plan = generic_plan(conn, HOT["success"])
