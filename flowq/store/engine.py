@@ -39,7 +39,16 @@ def create_engine(url: str) -> sa.Engine:
         return _sqlite_engine(url)
     # No pre-ping: a dead pooled connection fails the transaction, which Store.transact retries
     # on a fresh one; a ping per checkout would cost a round trip per transaction.
-    return sa.create_engine(url, pool_size=5, max_overflow=10)
+    # No server-side prepared statements on the general path (psycopg prepares a statement
+    # run 5 times on a connection): each statement is planned with its parameters, against
+    # the tables as they are now. A prepared statement would keep a generic plan made while
+    # the tables were small and analyzed, a scan of the whole table, as the tables grow (see
+    # HOT_SESSION_OPTIONS); the hot path keeps its plans, with those options instead. These
+    # statements are a transition's own (a failure, a retry, a cancel) and the reconciler's,
+    # not one per task: planning each costs little.
+    return sa.create_engine(
+        url, pool_size=5, max_overflow=10, connect_args={"prepare_threshold": None}
+    )
 
 
 def _sqlite_engine(url: str) -> sa.Engine:

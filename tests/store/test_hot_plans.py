@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
 from bench import shapes
@@ -107,3 +108,15 @@ def test_hot_sessions_get_both_options(analyzed_small: Store) -> None:
             assert conn.exec_driver_sql("SHOW enable_seqscan").scalar() == "on"
     finally:
         store.dispose()
+
+
+def test_the_general_path_keeps_no_prepared_statements(analyzed_small: Store) -> None:
+    """A statement the general path runs again and again is planned each time, with its
+    parameters, never kept as a generic plan made while the tables were small."""
+    with analyzed_small.engine.connect() as conn:
+        for _ in range(10):  # psycopg would prepare it at the fifth
+            conn.execute(
+                sa.text("SELECT state FROM flowq_task_runs WHERE execution_id = :e"), {"e": "x"}
+            )
+        kept = conn.exec_driver_sql("SELECT count(*) FROM pg_prepared_statements").scalar()
+    assert kept == 0
