@@ -11,6 +11,7 @@ from flowq import states as S
 from flowq.coordinator import Coordinator
 from flowq.definition import Workflow
 from flowq.errors import WaitTimeout
+from flowq.execution import Started
 from flowq.settings import Settings
 from flowq.status import history_list, list_executions, status_document
 from flowq.store import Store
@@ -84,15 +85,34 @@ class Client:
         version: int | None = None,
     ) -> str:
         """Start an execution of a registered workflow; return its id."""
+        return self.launch(
+            workflow_id,
+            vars,
+            priority=priority,
+            idempotency_key=idempotency_key,
+            version=version,
+        ).execution_id
+
+    def launch(
+        self,
+        workflow_id: str,
+        vars: Mapping[str, Any] | None = None,
+        *,
+        priority: int | None = None,
+        idempotency_key: str | None = None,
+        version: int | None = None,
+    ) -> Started:
+        """``start``, telling also whether it created the execution (``created`` is False when
+        the idempotency key had started one already, even by a start running at the same
+        time)."""
         self._ensure_worker()
-        started = self.coordinator.start(
+        return self.coordinator.start(
             workflow_id,
             vars=vars,
             version=version,
             priority=priority,
             idempotency_key=idempotency_key,
         )
-        return started.execution_id
 
     def status(self, execution_id: str) -> dict[str, Any]:
         """The status document."""

@@ -154,10 +154,17 @@ class Control(Part):
 
     @staticmethod
     def _control(tx: Tx, execution_id: str, action: str, reason: str, **values: Any) -> str:
-        """Apply a control request as a compare-and-set; return the state it moved from."""
-        current = str(tx.execution(execution_id).state)
-        target = S.check_control(execution_id, current, action)
-        if not tx.cas_execution(execution_id, current, target, reason, **values):
-            now = tx.execution(execution_id).state
-            raise InvalidTransition("execution", execution_id, now, target, action)
-        return current
+        """Apply a control request as a compare-and-set; return the state it moved from.
+
+        A compare-and-set that misses means another request or a task's end moved the
+        execution after it was read (Postgres: each statement reads what is committed when it
+        starts): the request is judged again from the state it moved to, so a cancel racing a
+        resume cancels the running execution rather than being refused.
+        """
+        for _ in range(len(S.EXECUTION_STATES)):  # each miss is another committed move
+            current = str(tx.execution(execution_id).state)
+            target = S.check_control(execution_id, current, action)  # refused: InvalidTransition
+            if tx.cas_execution(execution_id, current, target, reason, **values):
+                return current
+        now = tx.execution(execution_id).state
+        raise InvalidTransition("execution", execution_id, now, target, action)

@@ -26,7 +26,7 @@ from flowq import rules
 from flowq import states as S
 from flowq.claims import Claims
 from flowq.control import Control
-from flowq.definition import Workflow
+from flowq.definition import Workflow, json_problems
 from flowq.ends import Ends
 from flowq.errors import FlowqError, ValidationError
 from flowq.execution import Claim, Definitions, Dispatch, Dispatcher, Started, Step
@@ -34,6 +34,7 @@ from flowq.store import Store, Tx
 from flowq.store import tables as t
 from flowq.store.held import HeldClaim, Holder
 from flowq.store.hotpath import Meta
+from flowq.task_types import ID_MAX
 from flowq.templates import evaluate
 
 __all__ = ["Claim", "Coordinator", "Dispatch", "Dispatcher", "Started"]
@@ -98,7 +99,19 @@ class Coordinator(Claims, Ends, Control):
         """Create an execution of a registered workflow and dispatch its first tasks."""
         if priority is not None and not (isinstance(priority, int) and 0 <= priority <= 9):
             raise ValidationError(f"priority: must be an integer from 0 to 9, got {priority!r}")
+        if vars is not None and not isinstance(vars, Mapping):
+            raise ValidationError(f"vars: must be a mapping (got {type(vars).__name__})")
         values = dict(vars or {})
+        problems = json_problems(values)
+        if idempotency_key is not None:
+            problems += json_problems(idempotency_key, where="idempotency_key")
+            if len(idempotency_key) > ID_MAX:
+                problems.append(
+                    f"idempotency_key: must be at most {ID_MAX} characters long "
+                    f"(got {len(idempotency_key)})"
+                )
+        if problems:
+            raise ValidationError(problems)
         quick = self._start_quick(workflow_id, values, version, priority, idempotency_key)
         if quick is not None:
             self.dispatcher.send(quick[1])

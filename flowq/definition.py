@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
 import os
 from collections.abc import Hashable, Mapping
 from contextvars import ContextVar
@@ -78,6 +79,7 @@ class Workflow(Strict):
 
     def __init__(self, **data: Any) -> None:
         checker = Checker(_SOURCE.get(), type(self).model_fields)
+        checker.characters(data)
         prepared = checker.prepare(data)
         try:
             super().__init__(**prepared)
@@ -238,7 +240,10 @@ class Workflow(Strict):
             return
         if not isinstance(vars, Mapping):
             raise ValidationError(f"vars: must be a mapping (got {shown(vars)})")
-        errors = sorted(self._vars_validator.iter_errors(dict(vars)), key=lambda e: e.json_path)
+        try:
+            errors = sorted(self._vars_validator.iter_errors(dict(vars)), key=lambda e: e.json_path)
+        except Exception as exc:  # a $ref or pattern that `flowq validate` of an older flowq let by
+            raise ValidationError(f"inputs: cannot check vars: {clip(str(exc))}") from None
         if errors:
             raise ValidationError([f"vars{e.json_path[1:]}: {clip(e.message)}" for e in errors])
 
@@ -281,6 +286,58 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate key {key!r}")
         out[key] = value
     return out
+
+
+def json_problems(
+    value: Any, where: str = "vars", limit: int = 10, *, text_keys: bool = True
+) -> list[str]:
+    """One line per part of ``value`` that is not a JSON value the state store can hold: an
+    object, a list, a string without U+0000 (Postgres's JSON cannot hold that character), a
+    finite number, true, false or null; at most ``limit``. ``text_keys``: an object's keys
+    must be strings (else numbers, true, false and null are allowed, as ``json.dumps`` writes
+    them as strings)."""
+    found: list[str] = []
+
+    def walk(item: Any, path: str) -> None:
+        if len(found) >= limit:
+            return
+        if item is None or isinstance(item, bool | int):
+            return
+        if isinstance(item, str):
+            if "\x00" in item:
+                found.append(f"{path}: a string holds the character U+0000, which cannot be stored")
+            return
+        if isinstance(item, float):
+            if not math.isfinite(item):
+                found.append(f"{path}: {item!r} is not a JSON number")
+            return
+        if isinstance(item, Mapping):
+            for key, sub in item.items():
+                if isinstance(key, str) and "\x00" in key:
+                    found.append(
+                        f"{path}: a key holds the character U+0000, which cannot be stored"
+                    )
+                elif not isinstance(key, str) and (
+                    text_keys or not (key is None or isinstance(key, bool | int | float))
+                ):
+                    found.append(f"{path}: key {key!r} is not a string")
+                else:
+                    walk(sub, f"{path}.{key}")
+            return
+        if isinstance(item, list | tuple):
+            for i, sub in enumerate(item):
+                walk(sub, f"{path}[{i}]")
+            return
+        found.append(f"{path}: not a JSON value (a Python {type(item).__name__})")
+
+    walk(value, where)
+    return found
+
+
+def load_data(text: str) -> Any:
+    """Parse YAML (or JSON) data as definitions are parsed: safe, dates kept as strings, a key
+    given twice refused. Raises ``yaml.YAMLError``."""
+    return yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader
 
 
 def _load(source: str) -> Any:

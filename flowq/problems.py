@@ -10,6 +10,9 @@ from typing import Any, Final
 from jsonschema import Draft202012Validator
 from pydantic import ValidationError as PydanticError
 from pydantic_core import ErrorDetails
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from flowq import graph, templates
 from flowq.task_types import DEFAULTABLE, KEYS, MODELS, TASK_TYPES, Defaults, TaskBase, shown
@@ -78,7 +81,12 @@ class TaskEntry:
         self.index, self.raw = index, raw if isinstance(raw, Mapping) else {}
         ident, kind = self.raw.get("id"), self.raw.get("type")
         self.id = ident if isinstance(ident, str) else None
-        self.label = f"task {ident!r}" if self.id is not None else f"task #{index + 1}"
+        if self.id is None:
+            self.label = f"task #{index + 1}"
+        elif len(self.id) > 60:  # an id too long to be valid: enough of it to find it
+            self.label = f"task #{index + 1} ({self.id[:40]!r}...)"
+        else:
+            self.label = f"task {self.id!r}"
         model = MODELS.get(kind) if isinstance(kind, str) else None
         self.known = KEYS[model or TaskBase]
         deps = self.raw.get("depends_on")
@@ -131,6 +139,11 @@ class Checker:
             merged.append(raw)
             self.tasks.append(TaskEntry(i, raw))
         return {**data, "tasks": merged}
+
+    def characters(self, data: Mapping[str, Any]) -> None:
+        """No U+0000 anywhere: the store could not hold the definition."""
+        for where in nul_paths(data):
+            self.add(f"{where}: holds the character U+0000, which cannot be stored")
 
     def pydantic(self, exc: PydanticError) -> None:
         """Turn pydantic's errors into flowq's lines, naming the task by id."""
@@ -195,13 +208,86 @@ class Checker:
                         )
 
     def inputs(self, schema: Any) -> None:
-        """``inputs`` must be a valid JSON Schema (Draft 2020-12)."""
+        """``inputs`` must be a valid JSON Schema (Draft 2020-12) that can be used: its
+        patterns compile and each ``$ref`` resolves within it (nothing is fetched)."""
         if not isinstance(schema, Mapping):
             return
-        meta = Draft202012Validator(Draft202012Validator.META_SCHEMA)
-        for err in sorted(meta.iter_errors(schema), key=lambda e: e.json_path)[:10]:
+        meta = Draft202012Validator(
+            Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+        )
+        errors = sorted(meta.iter_errors(schema), key=lambda e: e.json_path)[:10]
+        for err in errors:
             where = "inputs" + err.json_path[1:]
             self.add(f"{where}: not valid JSON Schema: {clip(err.message)}")
+        if not errors:
+            for where, ref in unresolved_refs(schema)[:10]:
+                self.add(f"inputs{where}.$ref: cannot resolve {ref!r} within the schema")
+
+
+# Keywords whose values are data, not subschemas; and those whose values map names to subschemas
+_DATA_KEYWORDS: Final = frozenset({"enum", "const", "default", "examples"})
+_SCHEMA_MAPS: Final = frozenset(
+    {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
+)
+
+
+def nul_paths(value: Any, where: str = "", limit: int = 10) -> list[str]:
+    """Where ``value`` (parsed YAML or JSON) holds U+0000 in a string or a key, at most ``limit``:
+    Postgres stores neither in text nor in JSON."""
+    found: list[str] = []
+
+    def walk(item: Any, path: str) -> None:
+        if len(found) >= limit:
+            return
+        if isinstance(item, str):
+            if "\x00" in item:
+                found.append(path or "(the definition)")
+        elif isinstance(item, Mapping):
+            for key, sub in item.items():
+                if isinstance(key, str) and "\x00" in key:
+                    found.append(path or "(the definition)")
+                else:
+                    walk(sub, f"{path}.{key}" if path else str(key))
+        elif isinstance(item, list | tuple):
+            for i, sub in enumerate(item):
+                walk(sub, f"{path}[{i}]")
+
+    walk(value, where)
+    return found
+
+
+def unresolved_refs(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(where, ref)`` for each ``$ref`` of a (metaschema-valid) schema that does not resolve
+    within it; ``where`` as ``.properties.x``."""
+    root = DRAFT202012.create_resource(schema)
+    base = root.id() or ""
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any, resolver: Any, where: str, names: bool) -> None:  # a Resolver
+        if isinstance(node, list):
+            for i, sub in enumerate(node):
+                walk(sub, resolver, f"{where}[{i}]", False)
+            return
+        if not isinstance(node, Mapping):
+            return
+        if names:  # a mapping of names to subschemas
+            for name, sub in node.items():
+                walk(sub, resolver, f"{where}.{name}", False)
+            return
+        if node is not schema and isinstance(node.get("$id"), str):
+            resolver = resolver.in_subresource(DRAFT202012.create_resource(node))
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            try:
+                resolver.lookup(ref)
+            except Unresolvable:
+                found.append((where, ref))
+        for key, sub in node.items():
+            if key not in _DATA_KEYWORDS:
+                walk(sub, resolver, f"{where}.{key}", key in _SCHEMA_MAPS)
+
+    walk(schema, Registry().with_resource(base, root).resolver(base), "", False)
+    return found
 
 
 def clip(text: str, width: int = 200) -> str:

@@ -15,7 +15,15 @@ from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Annotated, Any, ClassVar, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 # fmt: off
@@ -56,10 +64,17 @@ def shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _matching(pattern: str, hint: str = "") -> AfterValidator:
+ID_MAX = 200  # the store's id columns (flowq.store.tables) hold this many characters
+
+
+def _matching(pattern: str, hint: str = "", longest: int | None = None) -> AfterValidator:
     compiled = re.compile(pattern)
 
     def check(value: str) -> str:
+        if longest is not None and len(value) > longest:
+            raise PydanticCustomError(
+                "flowq", f"must be at most {longest} characters long (got {len(value)})"
+            )
         if not compiled.fullmatch(value):
             wanted = hint or pattern
             raise PydanticCustomError("flowq", f"must match {wanted} (got {shown(value)})")
@@ -94,8 +109,8 @@ def _broker_wait(value: float) -> float:
     return value
 
 
-TaskId = Annotated[str, _matching(r"[A-Za-z0-9_-]+")]
-WorkflowId = Annotated[str, _matching(r"[A-Za-z0-9_.-]+")]
+TaskId = Annotated[str, _matching(r"[A-Za-z0-9_-]+", longest=ID_MAX)]
+WorkflowId = Annotated[str, _matching(r"[A-Za-z0-9_.-]+", longest=ID_MAX)]
 Handler = Annotated[str, _matching(rf"{_IDENT}(\.{_IDENT})*:{_IDENT}", "'module.path:function'")]
 Count = Annotated[int, Field(ge=0)]
 Seconds = Annotated[float, Field(gt=0)]
@@ -105,6 +120,14 @@ Timeout = Annotated[float, Field(gt=0), AfterValidator(_broker_wait)]
 Priority = Annotated[int, Field(ge=0, le=9)]
 TriggerRule = Annotated[str, _one_of("trigger_rule", TRIGGER_RULES)]
 Queue = Annotated[str, Field(min_length=1)]
+
+
+def _condition(value: Any) -> Any:
+    """A YAML ``true`` / ``false`` as ``when`` is the condition ``"true"`` / ``"false"``."""
+    return ("true" if value else "false") if isinstance(value, bool) else value
+
+
+Condition = Annotated[str, BeforeValidator(_condition)]
 
 
 class Strict(BaseModel):
@@ -125,7 +148,7 @@ class TaskBase(Strict):
     name: str | None = None
     type: str
     depends_on: Annotated[list[str], AfterValidator(_unique)] = []
-    when: str | None = None
+    when: Condition | None = None
     trigger_rule: TriggerRule = "all_success"
     retries: Count = 0
     retry_backoff: Delay = 1.0

@@ -16,6 +16,12 @@ def noop(ctx: TaskContext) -> None:
     """Do nothing."""
 
 
+def chatty(ctx: TaskContext) -> str:
+    """Prints, as handlers do, then returns."""
+    print("a line a handler printed")
+    return "said"
+
+
 def echo(ctx: TaskContext) -> dict[str, Any]:
     """Return what the task saw."""
     return {
@@ -86,6 +92,20 @@ def pid_then_sleep(ctx: TaskContext) -> dict[str, Any]:
 def value(ctx: TaskContext) -> Any:
     """Return ``params.value``: a decision for downstream ``when`` conditions."""
     return ctx.params.get("value")
+
+
+ODD_RESULTS: dict[str, Any] = {
+    "nan": {"ratio": float("nan")},
+    "nul": "a\x00b",
+    "nul key": {"k\x00": 1},
+    "set": [{1, 2}],
+    "int keys": {1: "one", "n": [1.5, None]},
+}
+
+
+def odd_result(ctx: TaskContext) -> Any:
+    """Return ``ODD_RESULTS[params.kind]``."""
+    return ODD_RESULTS[ctx.params["kind"]]
 
 
 def slow_first(ctx: TaskContext) -> dict[str, int]:

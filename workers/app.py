@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextvars
 import importlib
-import json
 import logging
 import os
 import random
@@ -38,6 +37,7 @@ from kombu.exceptions import BatchPublishError
 
 from flowq.context import TaskContext
 from flowq.coordinator import Claim, Coordinator, Dispatch
+from flowq.definition import json_problems
 from flowq.errors import PermanentError, TaskError
 from flowq.recovery import env_seconds
 from flowq.settings import Settings
@@ -68,7 +68,7 @@ def claim_hold_seconds() -> float:
 
 
 EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
-JSON_SCALARS = (str, int, float, bool)  # results stored as they are, no check needed
+JSON_SCALARS = (int, bool)  # results stored as they are, no check needed
 
 
 def celery_priority(priority: int) -> int:
@@ -365,10 +365,9 @@ def _attempt(claim: Claim) -> Any:
         raise _timed_out(spec_task.timeout or 0) from exc
     if result is None or type(result) in JSON_SCALARS:
         return result
-    try:
-        json.dumps(result)
-    except (TypeError, ValueError) as exc:
-        raise PermanentError(f"result is not JSON-serialisable: {exc}") from exc
+    problems = json_problems(result, where="result", limit=1, text_keys=False)
+    if problems:
+        raise PermanentError(f"the result is not JSON: {problems[0]}")
     return result
 
 

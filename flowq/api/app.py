@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
+import psycopg
 from fastapi import FastAPI, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -219,6 +220,10 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.OperationalError, _store_down)
     app.add_exception_handler(sa_exc.InterfaceError, _store_down)
     app.add_exception_handler(sa_exc.DataError, _store_refused)
+    # the same from the hot path's own psycopg connections (flowq.store.hotpath)
+    app.add_exception_handler(psycopg.OperationalError, _store_down)
+    app.add_exception_handler(psycopg.InterfaceError, _store_down)
+    app.add_exception_handler(psycopg.DataError, _store_refused)
     app.add_exception_handler(BrokerError, _broker_down)
     app.add_exception_handler(Exception, _bug)
 

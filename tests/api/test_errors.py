@@ -8,7 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
+from flowq.store import Store
 from tests.api.conftest import Api, ServeApi, free_port
+from tests.conftest import fresh_postgres_database
 from tests.engine.conftest import py
 
 WITH_INPUTS = {
@@ -106,6 +108,60 @@ def test_start_with_bad_vars_or_fields_is_422(
     body = error(api.http.post("/workflows/orders/executions", json=start), 422)
     assert any(expected in p for p in body["problems"]), body
     assert api.http.get("/executions").json()["items"] == [], "a refused start started something"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
+def either_store_api(request: pytest.FixtureRequest, serve_api: ServeApi) -> Iterator[Api]:
+    """The API on an embedded client whose store is SQLite, or Postgres."""
+    if request.param == "sqlite":
+        with serve_api() as served_api:
+            yield served_api
+        return
+    with fresh_postgres_database("flowq_api_values") as url:
+        store = Store(url)
+        store.upgrade()  # `flowq db upgrade`
+        store.dispose()
+        with serve_api(database_url=url) as pg:
+            yield pg
+
+
+def test_what_the_store_cannot_hold_is_422_with_each_problem(either_store_api: Api) -> None:
+    """U+0000 (Postgres refuses it in text and JSON) and ids longer than the store's columns
+    are refused up front, on either store, before anything is stored."""
+    api = either_store_api
+    api.register(WITH_INPUTS)
+    for attempt in range(2):  # the second start would take the one-statement path
+        body = error(
+            api.http.post(
+                "/workflows/orders/executions",
+                json={"vars": {"order_id": 1, "sku": "a\u0000b", "k\u0000": 1}},
+            ),
+            422,
+        )
+        assert body["problems"] == [
+            "vars.sku: a string holds the character U+0000, which cannot be stored",
+            "vars: a key holds the character U+0000, which cannot be stored",
+        ], attempt
+    assert api.http.get("/executions").json()["items"] == []
+    definitions = [
+        (
+            {"id": "y" * 201, "tasks": [py("a")]},
+            "id: must be at most 200 characters long (got 201)",
+        ),
+        (
+            {"id": "t", "tasks": [py("t" * 300)]},
+            "id: must be at most 200 characters long (got 300)",
+        ),
+        ({"id": "n", "name": "a\u0000", "tasks": [py("a")]}, "name: holds the character U+0000"),
+    ]
+    for definition, expected in definitions:
+        body = error(api.http.post("/workflows", json=definition), 422)
+        assert any(expected in p for p in body["problems"]), body
+    assert [w["id"] for w in api.http.get("/workflows").json()["items"]] == ["orders"]
+    longest = {"id": "y" * 200, "tasks": [py("t" * 200)]}
+    assert api.http.post("/workflows", json=longest).status_code == 201
+    doc = api.start("y" * 200)
+    assert api.wait(doc["execution_id"])["state"] == "completed"
 
 
 @pytest.mark.parametrize("literal", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])

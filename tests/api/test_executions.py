@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+import httpx
 
 from tests.api.conftest import Api
 from tests.engine.conftest import py
@@ -56,6 +60,27 @@ def test_an_idempotent_start_returns_the_first_execution(api: Api) -> None:
     assert "idempotent-replayed" not in first.headers
     assert again.json()["execution_id"] == first.json()["execution_id"]
     assert again.json()["vars"] == {"n": 1}
+    assert len(api.http.get("/executions").json()["items"]) == 1
+
+
+def test_concurrent_idempotent_starts_make_one_execution_and_say_so(api: Api) -> None:
+    """Only the start that created the execution answers without ``Idempotent-Replayed``,
+    even when every start looked for the key before any of them had stored it."""
+    api.register(CHAIN)
+    body = {"vars": {"n": 1}, "idempotency_key": "order-43"}
+    gate = threading.Barrier(8)
+
+    def post(_: int) -> httpx.Response:
+        with httpx.Client(base_url=api.url, timeout=30) as http:
+            gate.wait()
+            return http.post("/workflows/chain/executions", json=body)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(post, range(8)))
+    assert {a.status_code for a in answers} == {201}
+    assert len({a.json()["execution_id"] for a in answers}) == 1
+    fresh = [a for a in answers if "idempotent-replayed" not in a.headers]
+    assert len(fresh) == 1, [dict(a.headers) for a in answers]
     assert len(api.http.get("/executions").json()["items"]) == 1
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import threading
+import time
+from datetime import date, datetime
+
+import pytest
 
 from flowq import Client, Settings, Workflow
 from flowq import states as S
+from flowq.control import Control
+from flowq.errors import ValidationError
+from flowq.store import Tx
 from tests.engine.conftest import Run, py
 from tests.history_check import assert_legal_history
 
@@ -169,6 +176,37 @@ def test_idempotent_start_returns_the_first_execution(client: Client) -> None:
     assert len(client.list(workflow_id="idem")) == 2
 
 
+def test_a_start_refuses_vars_that_are_not_json_and_stores_nothing(client: Client) -> None:
+    wf = Workflow.from_dict({"id": "jsonvars", "tasks": [py("a")]})
+    client.register(wf)
+    cases = [
+        ({"x": float("nan")}, ["vars.x: nan is not a JSON number"]),
+        (
+            {"s": "a\x00", "t\x00": 1},
+            [
+                "vars.s: a string holds the character U+0000, which cannot be stored",
+                "vars: a key holds the character U+0000, which cannot be stored",
+            ],
+        ),
+        (
+            {"when": date(2024, 1, 1), "rows": [1, {"at": b"raw"}], "k": {3: "x"}},
+            [
+                "vars.when: not a JSON value (a Python date)",
+                "vars.rows[1].at: not a JSON value (a Python bytes)",
+                "vars.k: key 3 is not a string",
+            ],
+        ),
+        ([1, 2], ["vars: must be a mapping (got list)"]),
+    ]
+    for values, problems in cases:
+        with pytest.raises(ValidationError) as info:
+            client.start("jsonvars", values)  # type: ignore[arg-type]
+        assert info.value.problems == problems
+    assert client.list(workflow_id="jsonvars") == []
+    eid = client.start("jsonvars", {"n": 1.5, "t": (1, "x"), "ok": None})
+    assert client.wait(eid, timeout=30)["vars"] == {"n": 1.5, "t": [1, "x"], "ok": None}
+
+
 def test_starts_follow_definitions_registered_by_another_process(client: Client) -> None:
     """A start runs the newest version, also one registered elsewhere since the last start."""
     client.register(Workflow.from_dict({"id": "vers", "tasks": [py("a")]}))
@@ -188,6 +226,66 @@ def test_starts_follow_definitions_registered_by_another_process(client: Client)
     assert all(d["state"] == "completed" for d in docs.values())
     for eid in docs:
         assert_legal_history(client.history(eid))
+
+
+def test_a_result_the_store_cannot_hold_fails_the_task_for_good(run: Run) -> None:
+    """NaN, U+0000 (which Postgres's JSON refuses) and Python-only values fail the task at once,
+    with a one-line reason, on every store; keys that JSON writes as strings are fine."""
+    kinds = ["nan", "nul", "nul key", "set", "int keys"]
+    doc = run(
+        {
+            "id": "odd",
+            "tasks": [
+                py(k.replace(" ", "_"), "odd_result", params={"kind": k}, retries=2) for k in kinds
+            ],
+        }
+    )
+    tasks = doc["tasks"]
+    assert doc["state"] == S.FAILED
+    assert {k: (v["state"], v["attempts"]) for k, v in tasks.items() if k != "int_keys"} == {
+        "nan": (S.FAILED, 1),
+        "nul": (S.FAILED, 1),
+        "nul_key": (S.FAILED, 1),
+        "set": (S.FAILED, 1),
+    }
+    prefix = "PermanentError: the result is not JSON: "
+    assert tasks["nan"]["error"] == prefix + "result.ratio: nan is not a JSON number"
+    assert tasks["nul"]["error"] == (
+        prefix + "result: a string holds the character U+0000, which cannot be stored"
+    )
+    assert tasks["nul_key"]["error"] == (
+        prefix + "result: a key holds the character U+0000, which cannot be stored"
+    )
+    assert tasks["set"]["error"] == prefix + "result[0]: not a JSON value (a Python set)"
+    assert tasks["int_keys"]["state"] == S.SUCCEEDED
+    assert tasks["int_keys"]["result"] == {"1": "one", "n": [1.5, None]}
+
+
+def test_a_request_racing_another_is_judged_from_the_state_that_won(client: Client) -> None:
+    """A cancel that read `paused` while a resume was committing is judged again from
+    `running` (legal), not refused for the state it read."""
+    wf = Workflow.from_dict(
+        {"id": "racing", "tasks": [py("a", "sleep", params={"seconds": 0.3}), py("b", deps=("a",))]}
+    )
+    client.register(wf)
+    eid = client.start("racing", {})
+    client.pause(eid)
+    resumed = threading.Event()
+
+    def resume_slowly(tx: Tx) -> None:  # the resume's compare-and-set, committed 1 s later
+        Control._control(tx, eid, "resume", "resumed")
+        resumed.set()
+        time.sleep(1.0)
+
+    resumer = threading.Thread(target=client.coordinator.store.transact, args=(resume_slowly,))
+    resumer.start()
+    assert resumed.wait(10)
+    client.cancel(eid)  # reads `paused`, then waits on the resume's row lock
+    resumer.join()
+    doc = client.wait(eid, timeout=30)
+    assert doc["state"] == S.CANCELLED
+    moves = [(h["from"], h["to"]) for h in client.history(eid) if h["task_id"] is None]
+    assert moves[-3:] == [("running", "paused"), ("paused", "running"), ("running", "cancelled")]
 
 
 def test_list_is_newest_first_and_filters(run: Run, client: Client) -> None:

@@ -468,6 +468,65 @@ def test_inputs_must_be_valid_json_schema(tmp_path: Path) -> None:
     ]
 
 
+def test_inputs_must_be_usable_patterns_compile_and_refs_resolve(tmp_path: Path) -> None:
+    schema = {
+        "type": "object",
+        "$defs": {"sku": {"type": "string"}},
+        "properties": {
+            "sku": {"$ref": "#/$defs/sku"},  # resolves
+            "enum": {"$ref": "#/$defs/nothing"},  # a property named like a keyword
+            "tags": {"type": "array", "items": {"$ref": "other.json"}},  # nothing is fetched
+            "colour": {"enum": [{"$ref": "#/nowhere"}]},  # data, not a reference
+        },
+    }
+    src, problems = problems_of(
+        tmp_path,
+        "- {id: a, type: python, handler: 'm:f'}\n",
+        head=f"id: wf\ninputs: {json.dumps(schema)}\n",
+    )
+    assert problems == [
+        f"{src}: inputs.properties.enum.$ref: cannot resolve '#/$defs/nothing' within the schema",
+        f"{src}: inputs.properties.tags.items.$ref: cannot resolve 'other.json' within the schema",
+    ]
+    bad_patterns = {"properties": {"code": {"pattern": "[a-"}}, "patternProperties": {"(": {}}}
+    src, problems = problems_of(
+        tmp_path,
+        "- {id: a, type: python, handler: 'm:f'}\n",
+        head=f"id: wf\ninputs: {json.dumps(bad_patterns)}\n",
+    )
+    assert problems == [
+        f"{src}: inputs.patternProperties: not valid JSON Schema: '(' is not a 'regex'",
+        f"{src}: inputs.properties.code.pattern: not valid JSON Schema: '[a-' is not a 'regex'",
+    ]
+    scoped = {
+        "$id": "https://example.com/order",
+        "$defs": {"n": {"type": "integer"}},
+        "properties": {"n": {"$ref": "#/$defs/n"}, "m": {"$ref": "order#/$defs/n"}},
+    }
+    Workflow(id="w", inputs=scoped, tasks=[py("a")]).validate_vars({"n": 1, "m": 2})
+
+
+def test_vars_against_an_unusable_schema_are_a_one_line_problem() -> None:
+    """A definition stored by an older flowq, whose validate let such a schema by."""
+    wf = Workflow.model_construct(id="w", inputs={"$ref": "#/$defs/missing"}, tasks=[])
+    with pytest.raises(ValidationError) as info:
+        wf.validate_vars({})
+    (line,) = info.value.problems
+    assert line.startswith("inputs: cannot check vars: ") and "/$defs/missing" in line
+
+
+def test_when_may_be_a_yaml_boolean(tmp_path: Path) -> None:
+    wf = Workflow.from_file(
+        write(
+            tmp_path,
+            "id: wf\ntasks:\n"
+            "  - {id: a, type: python, handler: 'm:f', when: true}\n"
+            "  - {id: b, type: python, handler: 'm:f', when: false}\n",
+        )
+    )
+    assert [wf.task("a").when, wf.task("b").when] == ["true", "false"]
+
+
 def test_missing_required_keys_and_type_specific_rules(tmp_path: Path) -> None:
     src, problems = problems_of(
         tmp_path,

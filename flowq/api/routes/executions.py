@@ -84,19 +84,16 @@ def start_execution(
     """
     body = request or StartRequest()
     check_json(body.vars, "body.vars")
-    key = body.idempotency_key
-    replayed = key is not None and (
-        client.store.read(lambda tx: tx.find_idempotent(workflow_id, key)) is not None
-    )
-    eid = client.start(
+    started = client.launch(
         workflow_id,
         body.vars,
         priority=body.priority,
-        idempotency_key=key,
+        idempotency_key=body.idempotency_key,
         version=body.version,
     )
+    eid = started.execution_id
     response.headers["Location"] = f"/executions/{eid}"
-    if replayed:
+    if not started.created:
         response.headers[REPLAYED] = "true"
     return client.status(eid)
 
