@@ -7,7 +7,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -44,24 +45,41 @@ STATE_MARK = {
 
 def parse_vars(pairs: Sequence[str], vars_file: str | None) -> dict[str, Any]:
     """``--vars-file`` then each ``--var K=V`` (V parsed as JSON when it parses)."""
+    from flowq.definition import json_problems, load_data
+
     values: dict[str, Any] = {}
     if vars_file:
         try:
-            loaded = yaml.safe_load(Path(vars_file).read_text())
-        except (OSError, yaml.YAMLError) as exc:
+            loaded = load_data(Path(vars_file).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
             raise UsageError(f"--vars-file {vars_file}: {' '.join(str(exc).split())}") from exc
         if not isinstance(loaded, dict):
             raise UsageError(f"--vars-file {vars_file}: must hold a mapping of names to values")
+        problems = json_problems(loaded, where=f"--vars-file {vars_file}: vars")
+        if problems:
+            raise ValidationError(problems)
         values.update(loaded)
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise UsageError(f"--var {pair!r}: expected KEY=VALUE")
-        try:
-            values[key.strip()] = json.loads(raw)
-        except ValueError:
-            values[key.strip()] = raw
+        values[key.strip()] = json_or_text(raw)
     return values
+
+
+def json_or_text(raw: str) -> Any:
+    """``raw`` parsed as JSON if it is JSON (``NaN``, ``Infinity`` and numbers too large for a
+    float are not), else ``raw`` itself."""
+    from flowq.definition import json_problems
+
+    def not_json(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        value = json.loads(raw, parse_constant=not_json)
+    except ValueError:
+        return raw
+    return raw if json_problems(value) else value
 
 
 def _print_json(doc: Any) -> None:
@@ -117,7 +135,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wf.check_connections(os.environ, source=args.file)
     values = parse_vars(args.var, args.vars_file)
     settings = replace(Settings.from_env(), broker_url=None, result_backend=None)
-    with Client(settings, concurrency=args.concurrency) as client:
+    with _stdout_for_json(args.json), Client(settings, concurrency=args.concurrency) as client:
         client.register(wf, replace=True)
         started = time.monotonic()
         eid = client.start(wf.id, values, version=wf.version, priority=args.priority)
@@ -129,6 +147,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         _print_status(doc)
     return EXIT_OK if doc["state"] == S.COMPLETED else EXIT_FAILED
+
+
+@contextmanager
+def _stdout_for_json(active: bool) -> Iterator[None]:
+    """With ``--json`` stdout holds only the document: what the in-process worker's handlers
+    print goes to stderr meanwhile."""
+    if not active:
+        yield
+        return
+    with redirect_stdout(sys.stderr):
+        yield
 
 
 def _follow(client: Any, eid: str, started: float, quiet: bool) -> dict[str, Any]:
@@ -185,7 +214,7 @@ def cmd_start(args: argparse.Namespace) -> int:
             raise UsageError(f"{args.workflow}: version must be a number, as in {workflow_id}@2")
         version = int(version_text)
     values = parse_vars(args.var, args.vars_file)
-    with _client() as client:
+    with _stdout_for_json(args.json), _client() as client:
         eid = client.start(
             workflow_id,
             values,
@@ -193,16 +222,16 @@ def cmd_start(args: argparse.Namespace) -> int:
             priority=args.priority,
             idempotency_key=args.idempotency_key,
         )
-        if not args.wait:
+        if args.wait:
+            doc = client.wait(eid, timeout=args.timeout)
+        else:
             if client.settings.embedded:
                 # Nothing else would run it: the embedded worker lives in this process.
                 client.wait(eid, timeout=args.timeout)
-            if args.json:
-                _print_json(client.status(eid))
-            else:
-                print(eid)
-            return EXIT_OK
-        doc = client.wait(eid, timeout=args.timeout)
+            doc = client.status(eid) if args.json else {}
+    if not args.wait:
+        _print_json(doc) if args.json else print(eid)
+        return EXIT_OK
     if args.json:
         _print_json(doc)
     else:
@@ -246,7 +275,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _control(action: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        with _client() as client:
+        with _stdout_for_json(args.json), _client() as client:
             doc = getattr(client, action)(args.id)
             if client.settings.embedded and doc["state"] == S.RUNNING:
                 doc = client.wait(args.id)  # the embedded worker lives in this process
@@ -278,6 +307,16 @@ def _priority(text: str) -> int:
     return value
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `flowq` command."""
     parser = argparse.ArgumentParser(prog="flowq", description="Workflows on Celery.")
@@ -298,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_vars(p)
     p.add_argument("--json", action="store_true", help="print only the status document")
     p.add_argument("--priority", type=_priority, default=None)
-    p.add_argument("-c", "--concurrency", type=int, default=8, help="tasks run at once")
+    p.add_argument("-c", "--concurrency", type=_positive, default=8, help="tasks run at once")
     p.set_defaults(fn=cmd_run)
 
     p = sub.add_parser("register", help="store definitions")
@@ -332,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="executions, newest first")
     p.add_argument("--state", choices=S.EXECUTION_STATES)
     p.add_argument("--workflow")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=_positive, default=50)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_list)
 
@@ -343,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(fn=_control(action))
 
     p = sub.add_parser("worker", help="a Celery worker for flowq tasks")
-    p.add_argument("-c", "--concurrency", type=int, default=os.cpu_count() or 2)
+    p.add_argument("-c", "--concurrency", type=_positive, default=os.cpu_count() or 2)
     p.add_argument("-Q", "--queues", default="flowq", help="comma-separated queue names")
     p.add_argument("-n", "--hostname", default=None)
     p.add_argument("-P", "--pool", default=None, help="Celery pool (prefork, threads, solo)")
@@ -378,6 +417,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`flowq list | head -1`): nothing to say
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
+        return EXIT_FAILED
     except Exception as exc:
         if args.debug:
             raise

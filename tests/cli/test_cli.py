@@ -249,3 +249,82 @@ def test_run_prints_the_last_transition_even_when_the_end_lands_between_reads(
     assert doc["state"] == "completed"
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("] ", 1)[1] for line in lines] == ["▶ a running", "✓ a succeeded"]
+
+
+def test_run_json_keeps_what_handlers_print_off_stdout(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, {"id": "loud", "tasks": [py("a", "chatty")]})
+    res = flowq(env, "run", path, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["tasks"]["a"]["result"] == "said"
+    assert "a line a handler printed" in res.stderr
+    flowq(env, "register", path)
+    res = flowq(env, "start", "loud", "--json")  # embedded: the handler runs in this process
+    assert json.loads(res.stdout)["state"] == "completed"
+    assert "a line a handler printed" in res.stderr
+
+
+def test_vars_that_are_not_json_are_kept_as_text(env: dict[str, str], tmp_path: Path) -> None:
+    """`--var K=V`: V is JSON when it parses as JSON; NaN, Infinity and 1e400 do not."""
+    path = write(tmp_path, {"id": "nan", "tasks": [py("a", "echo")]})
+    args = ["x=NaN", "y=-Infinity", "z=1e400", "w=[1, Infinity]", "n=2.5", 's=[1, {"a": null}]']
+    res = flowq(env, "run", path, "--json", *[a for pair in args for a in ("--var", pair)])
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)  # the document is JSON: a NaN would not parse
+    assert doc["vars"] == {
+        "x": "NaN",
+        "y": "-Infinity",
+        "z": "1e400",
+        "w": "[1, Infinity]",
+        "n": 2.5,
+        "s": [1, {"a": None}],
+    }
+
+
+def test_a_vars_file_keeps_dates_as_text_and_refuses_what_is_not_json(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(tmp_path, {"id": "vf", "tasks": [py("a", "echo")]})
+    dated = tmp_path / "dated.yaml"
+    dated.write_text("day: 2024-01-01\nat: 2024-01-01 10:00:00\nn: 3\n")
+    res = flowq(env, "run", path, "--json", "--vars-file", str(dated))
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["vars"] == {
+        "day": "2024-01-01",
+        "at": "2024-01-01 10:00:00",
+        "n": 3,
+    }
+    binary = tmp_path / "binary.yaml"
+    binary.write_text("blob: !!binary aGVsbG8=\n")
+    res = flowq(env, "run", path, "--vars-file", str(binary))
+    assert res.returncode == 2
+    assert (
+        res.stderr.strip() == f"--vars-file {binary}: vars.blob: not a JSON value (a Python bytes)"
+    )
+
+
+def test_counts_must_be_positive(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, {"id": "c", "tasks": [py("a")]})
+    for args in (("run", path, "-c", "-1"), ("list", "--limit", "0"), ("worker", "-c", "0")):
+        res = flowq(env, *args)
+        assert res.returncode == 2, args
+        assert "must be a whole number of at least 1" in res.stderr
+        assert "Traceback" not in res.stderr
+
+
+def test_a_reader_that_goes_away_is_not_an_error_message(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(tmp_path, {"id": "many", "tasks": [py("a")]})
+    for _ in range(3):
+        flowq(env, "run", path)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flowq.cli", "list", "--json"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `flowq list --json | head -0` does
+    proc.wait(timeout=60)
+    assert proc.stderr.read() == b""
