@@ -7,7 +7,11 @@ run by every `flowq worker` on a timer, finds
 * `running` tasks whose worker has not been seen for ``lease`` seconds: that attempt is lost;
   the task goes back to `queued` and is dispatched again, or fails once its attempts are used;
 * `queued` / `retrying` tasks still waiting ``redispatch_after`` seconds after they were due:
-  their message is published again (a duplicate is harmless: only one claim can win).
+  their message is published again (a duplicate is harmless: only one claim can win);
+* sooner, after ``lease`` seconds, a `queued` task whose claim a lost worker held and never
+  committed (``flowq.store.held``): Postgres rolled the claim back, and the message waits
+  unacknowledged for the broker's visibility timeout. The worker's mark of that claim
+  (``workers.markers``) tells; the task's message is published again once.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
 
 from flowq.coordinator import Coordinator
 from flowq.store import Tx, utcnow
@@ -59,8 +65,53 @@ class Recovered:
     redispatched: int
 
 
-def reconcile(coordinator: Coordinator, settings: RecoverySettings) -> Recovered:
-    """One pass: recover tasks of lost workers, re-publish overdue messages."""
+class HeldMark(Protocol):
+    """A mark of a held claim, as ``workers.markers`` keeps it."""
+
+    @property
+    def worker(self) -> str | None: ...
+    @property
+    def attempt(self) -> int | None: ...
+    @property
+    def started(self) -> datetime: ...
+
+
+# The marks of these tasks' held claims, in order (None: no mark)
+MarkLookup = Callable[[Sequence[tuple[str, str]]], Sequence[HeldMark | None]]
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def orphaned_holds(
+    coordinator: Coordinator, rows: Sequence[Any], marks: MarkLookup, cutoff: datetime
+) -> list[tuple[str, str]]:
+    """Of the queued tasks ``rows`` (``Tx.queued_before``), those whose latest dispatch was
+    claimed, held and never committed by a worker not seen since ``cutoff``: the mark names
+    the attempt the rolled-back claim made (the row's next), and was written after that
+    dispatch (a task republished since is not republished again)."""
+    if not rows:
+        return []
+    found = marks([(r.execution_id, r.task_id) for r in rows])
+    held = [
+        (row, mark)
+        for row, mark in zip(rows, found, strict=True)
+        if mark is not None
+        and mark.attempt == row.attempts + 1
+        and (row.queued_at is None or _aware(mark.started) >= _aware(row.queued_at))
+    ]
+    if not held:
+        return []
+    alive = coordinator.store.read(lambda tx: tx.live_workers(cutoff))
+    return [(row.execution_id, row.task_id) for row, mark in held if mark.worker not in alive]
+
+
+def reconcile(
+    coordinator: Coordinator, settings: RecoverySettings, marks: MarkLookup | None = None
+) -> Recovered:
+    """One pass: recover tasks of lost workers, re-publish overdue messages (and, given the
+    workers' ``marks``, the messages of claims that lost workers held)."""
     now = utcnow()
     lost = coordinator.store.read(
         lambda tx: tx.lost_running(now - timedelta(seconds=settings.lease))
@@ -70,10 +121,19 @@ def reconcile(coordinator: Coordinator, settings: RecoverySettings) -> Recovered
         reason = f"worker {row.worker or '(unknown)'} lost: no heartbeat for {settings.lease:g}s"
         if coordinator.recover_lost(row.execution_id, row.task_id, reason):
             requeued += 1
-    waiting = coordinator.store.read(
-        lambda tx: tx.stale_waiting(now - timedelta(seconds=settings.redispatch_after))
+    lease_cutoff = now - timedelta(seconds=settings.lease)
+    waiting, queued = coordinator.store.read(
+        lambda tx: (
+            tx.stale_waiting(now - timedelta(seconds=settings.redispatch_after)),
+            tx.queued_before(lease_cutoff) if marks is not None else [],
+        )
     )
-    redispatched = coordinator.redispatch([(r.execution_id, r.task_id) for r in waiting])
+    items = [(r.execution_id, r.task_id) for r in waiting]
+    if marks is not None:
+        seen = set(items)
+        orphans = orphaned_holds(coordinator, queued, marks, lease_cutoff)
+        items += [item for item in orphans if item not in seen]
+    redispatched = coordinator.redispatch(items)
     if requeued or redispatched:
         log.warning(
             "recovery: requeued %d lost task(s), re-published %d message(s)", requeued, redispatched
@@ -85,11 +145,16 @@ class Maintenance:
     """A daemon thread in a worker: heartbeat every few seconds, reconcile after each."""
 
     def __init__(
-        self, coordinator: Coordinator, name: str, settings: RecoverySettings | None = None
+        self,
+        coordinator: Coordinator,
+        name: str,
+        settings: RecoverySettings | None = None,
+        marks: MarkLookup | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.name = name
         self.settings = settings or RecoverySettings.from_env()
+        self.marks = marks
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="flowq-maintenance", daemon=True)
 
@@ -121,6 +186,6 @@ class Maintenance:
         while not self._stop.wait(self.settings.heartbeat):
             try:
                 self.beat()
-                reconcile(self.coordinator, self.settings)
+                reconcile(self.coordinator, self.settings, self.marks)
             except Exception:
                 log.exception("heartbeat or recovery pass failed; trying again")

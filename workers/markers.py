@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
@@ -56,6 +57,10 @@ class Marks(Protocol):
 
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         """The mark of the task's held claim, if one is left."""
+
+    def marks(self, keys: Sequence[tuple[str, str]]) -> list[Mark | None]:
+        """The marks of these ``(execution_id, task_id)`` in order, None where there is none
+        (or none could be read)."""
 
     def clear(self, execution_id: str, task_id: str, *, later: bool = False) -> None:
         """Forget the mark (its claim is committed); ``later``: with the next mark written.
@@ -134,6 +139,16 @@ class RedisMarks:
             return None
         return _decode(raw) if isinstance(raw, bytes | str) else None
 
+    def marks(self, keys: Sequence[tuple[str, str]]) -> list[Mark | None]:
+        if not keys:
+            return []
+        try:
+            (raws,) = self._call(("MGET", *(self._key(*key) for key in keys)))
+        except (redis.RedisError, OSError) as exc:
+            log.warning("could not read the marks of held claims: %s", exc)
+            return [None] * len(keys)
+        return [_decode(raw) if isinstance(raw, bytes | str) else None for raw in raws]
+
     def clear(self, execution_id: str, task_id: str, *, later: bool = False) -> None:
         keys = [self._key(execution_id, task_id)]
         if later:
@@ -163,6 +178,9 @@ class MemoryMarks:
 
     def get(self, execution_id: str, task_id: str) -> Mark | None:
         return self._marks.get((execution_id, task_id))
+
+    def marks(self, keys: Sequence[tuple[str, str]]) -> list[Mark | None]:
+        return [self._marks.get(key) for key in keys]
 
     def clear(self, execution_id: str, task_id: str, *, later: bool = False) -> None:
         self._marks.pop((execution_id, task_id), None)

@@ -125,7 +125,10 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         from workers.app import CeleryDispatcher
 
         store = Store(runtime.settings.database_url)
-        m = Maintenance(Coordinator(store, CeleryDispatcher(app)), str(sender.hostname))
+        marks = runtime.marks.marks if runtime.marks is not None else None
+        m = Maintenance(
+            Coordinator(store, CeleryDispatcher(app)), str(sender.hostname), marks=marks
+        )
         m.start()
         maintenance.append(m)
 

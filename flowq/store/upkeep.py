@@ -64,3 +64,28 @@ class Upkeep(TxBase):
                 .limit(limit)
             )
         )
+
+    def live_workers(self, cutoff: datetime) -> set[str]:
+        """The names of the workers seen since ``cutoff``."""
+        return set(
+            self.conn.execute(sa.select(t.workers.c.name).where(t.workers.c.last_seen >= cutoff))
+            .scalars()
+            .all()
+        )
+
+    def queued_before(self, cutoff: datetime, limit: int = 200) -> list[sa.Row[Any]]:
+        """Up to ``limit`` queued tasks of running executions, dispatched before ``cutoff`` (any
+        of them: no sort, so a long queue costs no more than a short one)."""
+        c = t.task_runs.c
+        return list(
+            self.conn.execute(
+                sa.select(c.execution_id, c.task_id, c.attempts, c.queued_at)
+                .join(t.executions, t.executions.c.id == c.execution_id)
+                .where(
+                    c.state == "queued",
+                    t.executions.c.state == "running",
+                    c.queued_at < cutoff,
+                )
+                .limit(limit)
+            )
+        )

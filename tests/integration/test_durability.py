@@ -163,6 +163,28 @@ def test_an_attempt_killed_holding_is_counted_when_a_duplicate_runs_first(
     assert len(lost) == 1 and "attempt 1, before its claim was committed" in lost[0]
 
 
+def test_a_claim_held_by_a_lost_worker_is_dispatched_again_after_the_lease(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    # as above, but nothing republishes waiting tasks for 10 minutes: the rescuer finds the
+    # dead worker's mark of the claim Postgres rolled back, once the worker's lease is over
+    held = {"FLOWQ_CLAIM_HOLD_SECONDS": "60", "FLOWQ_REDISPATCH_SECONDS": "600"}
+    victim = start(cluster, dedicated, "orphan_victim", env=held)
+    killed_at: list[float] = []
+
+    def machine_dies(_: int) -> None:
+        os.killpg(victim.pid, signal.SIGKILL)
+        killed_at.append(time.monotonic())
+        start(cluster, dedicated, "orphan_rescuer", env=held)
+
+    history = kill_mid_task(client, tmp_path, "k_orphan", running="queued", kill=machine_dies)
+    assert time.monotonic() - killed_at[0] < 30  # the lease is 3 s; a republish took 600 s
+    lost = lost_before_commit(history)
+    assert len(lost) == 1 and "attempt 1, before its claim was committed" in lost[0]
+    republished = [h for h in history if h["task_id"] == "work" and h["to"] == "queued"]
+    assert len(republished) == 2, republished  # the first dispatch, and the lost attempt's
+
+
 def test_poison_task_fails_after_its_attempts(
     cluster: Cluster, client: Client, dedicated: list[Any]
 ) -> None:
