@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any
+
+from kombu.exceptions import OperationalError as KombuOperationalError
 
 from flowq import rules
 from flowq import states as S
@@ -10,6 +13,10 @@ from flowq.errors import InvalidTransition
 from flowq.execution import Dispatch, Dispatcher, Part, Step
 from flowq.store import Tx
 from flowq.store import tables as t
+
+log = logging.getLogger("flowq.coordinator")
+# what publishing (or a revoke) raises when the broker does not answer
+BROKER_ERRORS = (KombuOperationalError,)
 
 
 def _cancel_task(tx: Tx, execution_id: str, row: Any) -> Any | None:
@@ -75,7 +82,16 @@ class Control(Part):
 
         revoke = self.store.transact(body)
         if revoke:
-            self.dispatcher.revoke(revoke)
+            try:
+                self.dispatcher.revoke(revoke)
+            except BROKER_ERRORS as exc:  # the cancel stands: the tasks' ends will be ignored
+                log.warning(
+                    "execution %s is cancelled, but its %d running task(s) could not be "
+                    "revoked (%s): they run to their end, which is ignored",
+                    execution_id,
+                    len(revoke),
+                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+                )
 
     def retry(self, execution_id: str) -> None:
         """Run a failed execution again: its failed and never-run tasks; keep succeeded ones."""

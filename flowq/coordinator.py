@@ -25,7 +25,7 @@ from sqlalchemy import exc as sa_exc
 from flowq import rules
 from flowq import states as S
 from flowq.claims import Claims
-from flowq.control import Control
+from flowq.control import BROKER_ERRORS, Control
 from flowq.definition import Workflow, json_problems
 from flowq.ends import Ends
 from flowq.errors import FlowqError, ValidationError
@@ -103,7 +103,11 @@ class Coordinator(Claims, Ends, Control):
             raise ValidationError(f"vars: must be a mapping (got {type(vars).__name__})")
         values = dict(vars or {})
         problems = json_problems(values)
-        if idempotency_key is not None:
+        if idempotency_key is not None and not isinstance(idempotency_key, str):
+            problems.append(
+                f"idempotency_key: must be a string (got {type(idempotency_key).__name__})"
+            )
+        elif idempotency_key is not None:
             problems += json_problems(idempotency_key, where="idempotency_key")
             if len(idempotency_key) > ID_MAX:
                 problems.append(
@@ -114,7 +118,7 @@ class Coordinator(Claims, Ends, Control):
             raise ValidationError(problems)
         quick = self._start_quick(workflow_id, values, version, priority, idempotency_key)
         if quick is not None:
-            self.dispatcher.send(quick[1])
+            self._send(quick[1])
             return quick[0]
 
         def body(tx: Tx) -> tuple[Started, list[Dispatch]]:
@@ -138,7 +142,7 @@ class Coordinator(Claims, Ends, Control):
             if found is None:
                 raise
             return Started(found, False)
-        self.dispatcher.send(dispatches)
+        self._send(dispatches)
         return started
 
     def _start_quick(
@@ -359,8 +363,27 @@ class Coordinator(Claims, Ends, Control):
         tx.cas_execution(eid, S.RUNNING, S.FAILED, error, error=error)
 
     def _send(self, dispatches: Sequence[Dispatch]) -> None:
-        if dispatches:
+        """Publish task messages whose transitions are committed already.
+
+        When the broker does not answer, the transitions still stand (a start told to try
+        again would start twice, a resume would be refused as `running`): the tasks still
+        `queued` are marked overdue, so that a worker's next reconciler pass publishes them
+        once the broker answers (``flowq.recovery``). A `retrying` task's delayed message is
+        left to the reconciler's usual wait, so that its backoff holds.
+        """
+        if not dispatches:
+            return
+        try:
             self.dispatcher.send(dispatches)
+        except BROKER_ERRORS as exc:
+            log.warning(
+                "%d task message(s) could not be published (%s); the tasks stay queued and "
+                "workers publish them when the broker answers",
+                len(dispatches),
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            keys = [(d.execution_id, d.task_id) for d in dispatches]
+            self.store.transact(lambda tx: tx.mark_overdue(keys), single=True)
 
     # -- lost attempts, republishing -----------------------------------------------------------
     def _lose(self, step: Step, task_id: str, reason: str) -> bool:
@@ -395,20 +418,31 @@ class Coordinator(Claims, Ends, Control):
         return bool(dispatches)
 
     def redispatch(self, items: Sequence[tuple[str, str]]) -> int:
-        """Publish again the messages of queued or retrying tasks (duplicates are harmless)."""
+        """Publish again the messages of queued or retrying tasks (duplicates are harmless).
+
+        A row locked by a claim still held open is skipped, not waited for: its worker may
+        be gone without its connection having closed yet (a machine lost), and this runs on
+        the thread that sends the worker's heartbeats.
+        """
+        c = t.task_runs.c
 
         def body(tx: Tx) -> list[Dispatch]:
             out: list[Dispatch] = []
             steps: dict[str, Step] = {}
             for eid, tid in items:
                 step = steps.get(eid) or steps.setdefault(eid, self._step(tx, eid))
+                free = (
+                    sa.select(c.execution_id, c.task_id)
+                    .where(
+                        c.execution_id == eid,
+                        c.task_id == tid,
+                        c.state.in_([S.QUEUED, S.RETRYING]),
+                    )
+                    .with_for_update(skip_locked=True, key_share=True)
+                )
                 res = tx.conn.execute(
                     t.task_runs.update()
-                    .where(
-                        t.task_runs.c.execution_id == eid,
-                        t.task_runs.c.task_id == tid,
-                        t.task_runs.c.state.in_([S.QUEUED, S.RETRYING]),
-                    )
+                    .where(sa.tuple_(c.execution_id, c.task_id).in_(free))
                     .values(queued_at=tx.now)
                 )
                 if res.rowcount == 1 and step.state == S.RUNNING:

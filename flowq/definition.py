@@ -291,12 +291,13 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def json_problems(
     value: Any, where: str = "vars", limit: int = 10, *, text_keys: bool = True
 ) -> list[str]:
-    """One line per part of ``value`` that is not a JSON value the state store can hold: an
-    object, a list, a string without U+0000 (Postgres's JSON cannot hold that character), a
-    finite number, true, false or null; at most ``limit``. ``text_keys``: an object's keys
-    must be strings (else numbers, true, false and null are allowed, as ``json.dumps`` writes
-    them as strings)."""
+    """One line per part of ``value`` that is not a JSON value the state store can hold: a
+    dict, a list (or tuple), a string without U+0000 (Postgres's JSON cannot hold that
+    character), a finite number, true, false or null; at most ``limit``. ``text_keys``: a
+    dict's keys must be strings (else numbers, true, false and null are allowed, as
+    ``json.dumps`` writes them as strings)."""
     found: list[str] = []
+    active: set[int] = set()  # the containers on the path walked: one seen again is a cycle
 
     def walk(item: Any, path: str) -> None:
         if len(found) >= limit:
@@ -311,8 +312,17 @@ def json_problems(
             if not math.isfinite(item):
                 found.append(f"{path}: {item!r} is not a JSON number")
             return
-        if isinstance(item, Mapping):
+        if not isinstance(item, dict | list | tuple):
+            found.append(f"{path}: not a JSON value (a Python {type(item).__name__})")
+            return
+        if id(item) in active:
+            found.append(f"{path}: refers back to a value that holds it (a cycle)")
+            return
+        active.add(id(item))
+        if isinstance(item, dict):
             for key, sub in item.items():
+                if len(found) >= limit:
+                    break
                 if isinstance(key, str) and "\x00" in key:
                     found.append(
                         f"{path}: a key holds the character U+0000, which cannot be stored"
@@ -323,14 +333,15 @@ def json_problems(
                     found.append(f"{path}: key {key!r} is not a string")
                 else:
                     walk(sub, f"{path}.{key}")
-            return
-        if isinstance(item, list | tuple):
+        else:
             for i, sub in enumerate(item):
                 walk(sub, f"{path}[{i}]")
-            return
-        found.append(f"{path}: not a JSON value (a Python {type(item).__name__})")
+        active.discard(id(item))
 
-    walk(value, where)
+    try:
+        walk(value, where)
+    except RecursionError:
+        return [f"{where}: nested too deeply"]
     return found
 
 

@@ -4,10 +4,11 @@ graph (duplicate ids, unknown dependencies, a cycle), templates and ``inputs``."
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from jsonschema import Draft202012Validator
+from jsonschema import Draft202012Validator, FormatChecker
 from pydantic import ValidationError as PydanticError
 from pydantic_core import ErrorDetails
 from referencing import Registry
@@ -141,9 +142,9 @@ class Checker:
         return {**data, "tasks": merged}
 
     def characters(self, data: Mapping[str, Any]) -> None:
-        """No U+0000 anywhere: the store could not hold the definition."""
-        for where in nul_paths(data):
-            self.add(f"{where}: holds the character U+0000, which cannot be stored")
+        """No U+0000 and no NaN or infinity anywhere: the store could not hold them."""
+        for line in unstorable(data):
+            self.add(line)
 
     def pydantic(self, exc: PydanticError) -> None:
         """Turn pydantic's errors into flowq's lines, naming the task by id."""
@@ -212,8 +213,9 @@ class Checker:
         patterns compile and each ``$ref`` resolves within it (nothing is fetched)."""
         if not isinstance(schema, Mapping):
             return
+        # only "regex": the other formats' checks depend on what else is installed
         meta = Draft202012Validator(
-            Draft202012Validator.META_SCHEMA, format_checker=Draft202012Validator.FORMAT_CHECKER
+            Draft202012Validator.META_SCHEMA, format_checker=FormatChecker(formats=["regex"])
         )
         errors = sorted(meta.iter_errors(schema), key=lambda e: e.json_path)[:10]
         for err in errors:
@@ -224,28 +226,43 @@ class Checker:
                 self.add(f"inputs{where}.$ref: cannot resolve {ref!r} within the schema")
 
 
-# Keywords whose values are data, not subschemas; and those whose values map names to subschemas
-_DATA_KEYWORDS: Final = frozenset({"enum", "const", "default", "examples"})
+# Draft 2020-12's keywords whose value is a subschema or a list of them; and those whose value
+# maps names to subschemas. Nothing else is a schema (a $ref in `enum`, `default` or an unknown
+# keyword is data).
+_SCHEMA_KEYWORDS: Final = frozenset(
+    {
+        "additionalProperties", "items", "prefixItems", "contains", "propertyNames", "if",
+        "then", "else", "allOf", "anyOf", "oneOf", "not", "unevaluatedItems",
+        "unevaluatedProperties", "contentSchema", "additionalItems",
+    }
+)  # fmt: skip
 _SCHEMA_MAPS: Final = frozenset(
     {"properties", "patternProperties", "$defs", "definitions", "dependentSchemas"}
 )
 
 
-def nul_paths(value: Any, where: str = "", limit: int = 10) -> list[str]:
-    """Where ``value`` (parsed YAML or JSON) holds U+0000 in a string or a key, at most ``limit``:
-    Postgres stores neither in text nor in JSON."""
+def unstorable(value: Any, where: str = "", limit: int = 10) -> list[str]:
+    """``where: why`` for each part of ``value`` (parsed YAML or JSON) the store cannot hold, at
+    most ``limit``: U+0000 in a string or a key (Postgres stores it neither in text nor in
+    JSON), a number that is not finite (JSON has none)."""
     found: list[str] = []
 
     def walk(item: Any, path: str) -> None:
         if len(found) >= limit:
             return
+        here = path or "(the definition)"
         if isinstance(item, str):
             if "\x00" in item:
-                found.append(path or "(the definition)")
+                found.append(f"{here}: holds the character U+0000, which cannot be stored")
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                found.append(f"{here}: {item!r} is not a JSON number")
         elif isinstance(item, Mapping):
             for key, sub in item.items():
                 if isinstance(key, str) and "\x00" in key:
-                    found.append(path or "(the definition)")
+                    found.append(
+                        f"{here}: a key holds the character U+0000, which cannot be stored"
+                    )
                 else:
                     walk(sub, f"{path}.{key}" if path else str(key))
         elif isinstance(item, list | tuple):
@@ -283,7 +300,7 @@ def unresolved_refs(schema: Mapping[str, Any]) -> list[tuple[str, str]]:
             except Unresolvable:
                 found.append((where, ref))
         for key, sub in node.items():
-            if key not in _DATA_KEYWORDS:
+            if key in _SCHEMA_KEYWORDS or key in _SCHEMA_MAPS:
                 walk(sub, resolver, f"{where}.{key}", key in _SCHEMA_MAPS)
 
     walk(schema, Registry().with_resource(base, root).resolver(base), "", False)

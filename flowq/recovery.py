@@ -84,34 +84,52 @@ def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
 
 
+@dataclass
+class HeldClaims:
+    """What the reconciler needs to find claims that lost workers held: the workers' marks,
+    and where the last pass stopped in the queued tasks (a long queue takes several)."""
+
+    marks: MarkLookup
+    after: tuple[datetime, str, str] | None = None  # the last task seen, in the scan's order
+    page: int = 200
+
+
 def orphaned_holds(
-    coordinator: Coordinator, rows: Sequence[Any], marks: MarkLookup, cutoff: datetime
+    coordinator: Coordinator,
+    settings: RecoverySettings,
+    held: HeldClaims,
+    rows: Sequence[Any],
+    cutoff: datetime,
 ) -> list[tuple[str, str]]:
     """Of the queued tasks ``rows`` (``Tx.queued_before``), those whose latest dispatch was
     claimed, held and never committed by a worker not seen since ``cutoff``: the mark names
     the attempt the rolled-back claim made (the row's next), and was written after that
-    dispatch (a task republished since is not republished again)."""
+    dispatch. Hosts' clocks may differ by up to half the lease; a task republished since was
+    republished a whole lease after its worker's last heartbeat, so it is not taken again."""
+    last = rows[-1] if len(rows) >= held.page else None  # else the next pass starts over
+    held.after = (last.updated_at, last.execution_id, last.task_id) if last is not None else None
     if not rows:
         return []
-    found = marks([(r.execution_id, r.task_id) for r in rows])
-    held = [
+    found = held.marks([(r.execution_id, r.task_id) for r in rows])
+    skew = timedelta(seconds=settings.lease / 2)
+    claimed = [
         (row, mark)
         for row, mark in zip(rows, found, strict=True)
         if mark is not None
         and mark.attempt == row.attempts + 1
-        and (row.queued_at is None or _aware(mark.started) >= _aware(row.queued_at))
+        and (row.queued_at is None or _aware(mark.started) >= _aware(row.queued_at) - skew)
     ]
-    if not held:
+    if not claimed:
         return []
     alive = coordinator.store.read(lambda tx: tx.live_workers(cutoff))
-    return [(row.execution_id, row.task_id) for row, mark in held if mark.worker not in alive]
+    return [(row.execution_id, row.task_id) for row, mark in claimed if mark.worker not in alive]
 
 
 def reconcile(
-    coordinator: Coordinator, settings: RecoverySettings, marks: MarkLookup | None = None
+    coordinator: Coordinator, settings: RecoverySettings, held: HeldClaims | None = None
 ) -> Recovered:
     """One pass: recover tasks of lost workers, re-publish overdue messages (and, given the
-    workers' ``marks``, the messages of claims that lost workers held)."""
+    workers' marks of ``held`` claims, the messages of claims that lost workers held)."""
     now = utcnow()
     lost = coordinator.store.read(
         lambda tx: tx.lost_running(now - timedelta(seconds=settings.lease))
@@ -125,13 +143,13 @@ def reconcile(
     waiting, queued = coordinator.store.read(
         lambda tx: (
             tx.stale_waiting(now - timedelta(seconds=settings.redispatch_after)),
-            tx.queued_before(lease_cutoff) if marks is not None else [],
+            tx.queued_before(lease_cutoff, held.after, held.page) if held is not None else [],
         )
     )
     items = [(r.execution_id, r.task_id) for r in waiting]
-    if marks is not None:
+    if held is not None:
         seen = set(items)
-        orphans = orphaned_holds(coordinator, queued, marks, lease_cutoff)
+        orphans = orphaned_holds(coordinator, settings, held, queued, lease_cutoff)
         items += [item for item in orphans if item not in seen]
     redispatched = coordinator.redispatch(items)
     if requeued or redispatched:
@@ -154,7 +172,7 @@ class Maintenance:
         self.coordinator = coordinator
         self.name = name
         self.settings = settings or RecoverySettings.from_env()
-        self.marks = marks
+        self.held = HeldClaims(marks) if marks is not None else None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="flowq-maintenance", daemon=True)
 
@@ -186,6 +204,6 @@ class Maintenance:
         while not self._stop.wait(self.settings.heartbeat):
             try:
                 self.beat()
-                reconcile(self.coordinator, self.settings, self.marks)
+                reconcile(self.coordinator, self.settings, self.held)
             except Exception:
                 log.exception("heartbeat or recovery pass failed; trying again")

@@ -6,6 +6,7 @@ import os
 import socket
 import time
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from flowq.context import TaskContext
@@ -94,7 +95,11 @@ def value(ctx: TaskContext) -> Any:
     return ctx.params.get("value")
 
 
+LOOP: list[Any] = [1]
+LOOP.append(LOOP)
 ODD_RESULTS: dict[str, Any] = {
+    "loop": LOOP,
+    "proxy": {"x": MappingProxyType({"a": 1})},
     "nan": {"ratio": float("nan")},
     "nul": "a\x00b",
     "nul key": {"k\x00": 1},

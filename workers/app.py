@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+import json
 import logging
 import os
 import random
+import re
 import signal
 import threading
 import uuid
@@ -69,6 +71,9 @@ def claim_hold_seconds() -> float:
 
 EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
 JSON_SCALARS = (int, bool)  # results stored as they are, no check needed
+# U+0000 as json.dumps writes it: "\\u0000" after an even run of backslashes (each pair is
+# one backslash of the text)
+NUL_ESCAPE = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def celery_priority(priority: int) -> int:
@@ -276,10 +281,11 @@ class Runtime:
         self._lock = threading.Lock()
         self._coordinator: Coordinator | None = None
         self._pid = os.getpid()
-        self.marks = self._marks()
+        self.marks = self.make_marks()
 
-    def _marks(self) -> Marks | None:
-        """Where held claims are marked; None (claims are not held) without such a place."""
+    def make_marks(self) -> Marks | None:
+        """Where held claims are marked (a new client of it); None (claims are not held)
+        without such a place."""
         if claim_hold_seconds() <= 0 or self.settings.database_url.startswith("sqlite"):
             return None  # nothing to hold: SQLite's claims are committed at once
         if self.settings.embedded:
@@ -365,10 +371,14 @@ def _attempt(claim: Claim) -> Any:
         raise _timed_out(spec_task.timeout or 0) from exc
     if result is None or type(result) in JSON_SCALARS:
         return result
-    problems = json_problems(result, where="result", limit=1, text_keys=False)
-    if problems:
-        raise PermanentError(f"the result is not JSON: {problems[0]}")
-    return result
+    failed = ""
+    try:  # json.dumps (C) checks what it can; U+0000 is left as the escape it writes for it
+        if not NUL_ESCAPE.search(json.dumps(result, allow_nan=False)):
+            return result
+    except (TypeError, ValueError, RecursionError) as exc:
+        failed = error_line(exc)
+    problems = json_problems(result, where="result", limit=1, text_keys=False)  # says where
+    raise PermanentError(f"the result is not JSON: {problems[0] if problems else failed}")
 
 
 def _load_celeryconfig(app: Celery) -> None:

@@ -125,9 +125,13 @@ def connect(app: Celery, task_name: str, runtime: Runtime) -> None:
         from workers.app import CeleryDispatcher
 
         store = Store(runtime.settings.database_url)
-        marks = runtime.marks.marks if runtime.marks is not None else None
+        # its own client of the marks: a pool process forked while this thread reads them
+        # must not inherit the lock of the pool processes' client taken
+        own = runtime.make_marks()
         m = Maintenance(
-            Coordinator(store, CeleryDispatcher(app)), str(sender.hostname), marks=marks
+            Coordinator(store, CeleryDispatcher(app)),
+            str(sender.hostname),
+            marks=own.marks if own is not None else None,
         )
         m.start()
         maintenance.append(m)

@@ -46,9 +46,8 @@ def create_engine(url: str) -> sa.Engine:
     # HOT_SESSION_OPTIONS); the hot path keeps its plans, with those options instead. These
     # statements are a transition's own (a failure, a retry, a cancel) and the reconciler's,
     # not one per task: planning each costs little.
-    return sa.create_engine(
-        url, pool_size=5, max_overflow=10, connect_args={"prepare_threshold": None}
-    )
+    connect_args = {"prepare_threshold": None} if parsed.get_driver_name() == "psycopg" else {}
+    return sa.create_engine(url, pool_size=5, max_overflow=10, connect_args=connect_args)
 
 
 def _sqlite_engine(url: str) -> sa.Engine:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 
 from flowq.store import tables as t
 from flowq.store.tx import TxBase
+
+OVERDUE = datetime(2000, 1, 1, tzinfo=UTC)  # a queued_at any reconciler finds overdue
 
 
 class Upkeep(TxBase):
@@ -73,19 +76,30 @@ class Upkeep(TxBase):
             .all()
         )
 
-    def queued_before(self, cutoff: datetime, limit: int = 200) -> list[sa.Row[Any]]:
-        """Up to ``limit`` queued tasks of running executions, dispatched before ``cutoff`` (any
-        of them: no sort, so a long queue costs no more than a short one)."""
+    def queued_before(
+        self, cutoff: datetime, after: tuple[datetime, str, str] | None = None, limit: int = 200
+    ) -> list[sa.Row[Any]]:
+        """Up to ``limit`` queued tasks of running executions, dispatched before ``cutoff``, in
+        the order (``updated_at``, ``execution_id``, ``task_id``), from after ``after``: a
+        caller pages through a long queue pass after pass (the ``state`` index serves it)."""
         c = t.task_runs.c
-        return list(
-            self.conn.execute(
-                sa.select(c.execution_id, c.task_id, c.attempts, c.queued_at)
-                .join(t.executions, t.executions.c.id == c.execution_id)
-                .where(
-                    c.state == "queued",
-                    t.executions.c.state == "running",
-                    c.queued_at < cutoff,
-                )
-                .limit(limit)
-            )
+        query = (
+            sa.select(c.execution_id, c.task_id, c.attempts, c.queued_at, c.updated_at)
+            .join(t.executions, t.executions.c.id == c.execution_id)
+            .where(c.state == "queued", t.executions.c.state == "running", c.queued_at < cutoff)
+            .order_by(c.updated_at, c.execution_id, c.task_id)
+            .limit(limit)
+        )
+        if after is not None:
+            query = query.where(sa.tuple_(c.updated_at, c.execution_id, c.task_id) > after)
+        return list(self.conn.execute(query))
+
+    def mark_overdue(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Make these ``(execution_id, task_id)`` look long overdue if they are `queued`, so
+        that the reconciler's next pass publishes them again (their publish failed)."""
+        c = t.task_runs.c
+        self.conn.execute(
+            t.task_runs.update()
+            .where(sa.tuple_(c.execution_id, c.task_id).in_(list(keys)), c.state == "queued")
+            .values(queued_at=OVERDUE)
         )

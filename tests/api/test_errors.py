@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -300,12 +301,23 @@ def test_wrong_method_is_405_naming_the_allowed_ones(api: Api) -> None:
     assert body["detail"] == "DELETE is not allowed on /workflows; use GET or POST"
 
 
-def test_a_start_while_the_broker_is_down_is_503(serve_api: ServeApi) -> None:
+def test_requests_while_the_broker_is_down_stand_and_wait_for_it(serve_api: ServeApi) -> None:
+    """The execution is recorded before its messages go out: the start answers 201 (a 503
+    would have the caller start it again), and its tasks wait, overdue, for a worker's
+    reconciler to publish them (tests/integration/test_durability.py runs them); so do a
+    pause, a resume (whose messages fail too) and a cancel."""
     with serve_api(broker_url=f"redis://127.0.0.1:{free_port()}/0") as api:
         api.register({"id": "w", "tasks": [py("a")]})
-        body = error(api.http.post("/workflows/w/executions", json={}), 503)
-    assert body["detail"].startswith("broker unavailable: ")
-    assert body["detail"].endswith("refused; try again later")
+        started = api.http.post("/workflows/w/executions", json={})
+        assert started.status_code == 201, started.text
+        eid = started.json()["execution_id"]
+        assert api.client.status(eid)["tasks"]["a"]["state"] == "queued"
+        overdue = api.client.store.read(lambda tx: tx.stale_waiting(datetime.now(UTC)))
+        assert [(r.execution_id, r.task_id) for r in overdue] == [(eid, "a")]
+        assert api.http.get("/healthz").json()["status"] == "unavailable"  # says the broker is down
+        for action, state in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
+            answer = api.http.post(f"/executions/{eid}/{action}")  # the resume publishes
+            assert (answer.status_code, answer.json()["state"]) == (200, state), answer.text
 
 
 def test_a_genuine_bug_is_a_generic_500(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from datetime import date, datetime
+from types import MappingProxyType
 
 import pytest
 
@@ -197,11 +198,15 @@ def test_a_start_refuses_vars_that_are_not_json_and_stores_nothing(client: Clien
             ],
         ),
         ([1, 2], ["vars: must be a mapping (got list)"]),
+        ({"m": MappingProxyType({})}, ["vars.m: not a JSON value (a Python mappingproxy)"]),
     ]
     for values, problems in cases:
         with pytest.raises(ValidationError) as info:
             client.start("jsonvars", values)  # type: ignore[arg-type]
         assert info.value.problems == problems
+    with pytest.raises(ValidationError) as info:
+        client.start("jsonvars", {}, idempotency_key=42)  # type: ignore[arg-type]
+    assert info.value.problems == ["idempotency_key: must be a string (got int)"]
     assert client.list(workflow_id="jsonvars") == []
     eid = client.start("jsonvars", {"n": 1.5, "t": (1, "x"), "ok": None})
     assert client.wait(eid, timeout=30)["vars"] == {"n": 1.5, "t": [1, "x"], "ok": None}
@@ -231,7 +236,7 @@ def test_starts_follow_definitions_registered_by_another_process(client: Client)
 def test_a_result_the_store_cannot_hold_fails_the_task_for_good(run: Run) -> None:
     """NaN, U+0000 (which Postgres's JSON refuses) and Python-only values fail the task at once,
     with a one-line reason, on every store; keys that JSON writes as strings are fine."""
-    kinds = ["nan", "nul", "nul key", "set", "int keys"]
+    kinds = ["nan", "nul", "nul key", "set", "loop", "proxy", "int keys"]
     doc = run(
         {
             "id": "odd",
@@ -247,6 +252,8 @@ def test_a_result_the_store_cannot_hold_fails_the_task_for_good(run: Run) -> Non
         "nul": (S.FAILED, 1),
         "nul_key": (S.FAILED, 1),
         "set": (S.FAILED, 1),
+        "loop": (S.FAILED, 1),
+        "proxy": (S.FAILED, 1),
     }
     prefix = "PermanentError: the result is not JSON: "
     assert tasks["nan"]["error"] == prefix + "result.ratio: nan is not a JSON number"
@@ -257,6 +264,10 @@ def test_a_result_the_store_cannot_hold_fails_the_task_for_good(run: Run) -> Non
         prefix + "result: a key holds the character U+0000, which cannot be stored"
     )
     assert tasks["set"]["error"] == prefix + "result[0]: not a JSON value (a Python set)"
+    assert tasks["loop"]["error"] == (
+        prefix + "result[1]: refers back to a value that holds it (a cycle)"
+    )
+    assert tasks["proxy"]["error"] == prefix + "result.x: not a JSON value (a Python mappingproxy)"
     assert tasks["int_keys"]["state"] == S.SUCCEEDED
     assert tasks["int_keys"]["result"] == {"1": "one", "n": [1.5, None]}
 

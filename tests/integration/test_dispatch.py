@@ -201,7 +201,7 @@ def test_a_message_sent_from_inside_a_task_names_its_parent_and_its_root(
 def test_a_broker_lost_while_publishing_raises_kombus_operational_error(
     app: Celery, queue: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # what Celery's send_task raises, and what the API answers 503 to
+    # what Celery's send_task raises; a start catches it (Coordinator._dispatch_start)
     app.conf.task_publish_retry = False
 
     def gone(*_: Any, **__: Any) -> None:

@@ -6,6 +6,7 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ import redis
 
 from flowq import Client, WaitTimeout, Workflow
 from flowq.coordinator import Dispatch
+from tests.api.conftest import free_port
 from tests.engine.conftest import py
 from tests.history_check import assert_legal_history
 from tests.integration.conftest import Cluster
@@ -231,6 +233,21 @@ def test_flushed_broker_loses_nothing(
     for i in range(12):
         assert [h["to"] for h in history if h["task_id"] == f"t{i}"].count("succeeded") == 1
     assert_legal_history(history)
+
+
+def test_a_start_the_broker_missed_runs_at_the_next_reconciler_pass(
+    cluster: Cluster, client: Client, dedicated: list[Any]
+) -> None:
+    # a producer whose broker does not answer: the start stands, its first task waits overdue
+    # and a worker's reconciler (every 0.5 s here; republishing after 600 s otherwise) sends it
+    start(cluster, dedicated, "catcher", env={"FLOWQ_REDISPATCH_SECONDS": "600"})
+    cut_off = replace(cluster.settings, broker_url=f"redis://127.0.0.1:{free_port()}/0")
+    client.register(Workflow.from_dict({"id": "k_nobroker", "tasks": [task("a", "noop")]}))
+    with Client(cut_off) as producer:
+        eid = producer.start("k_nobroker", {})
+    began = time.monotonic()
+    assert client.wait(eid, timeout=60)["state"] == "completed"
+    assert time.monotonic() - began < 20
 
 
 def test_duplicate_message_is_recorded_once(

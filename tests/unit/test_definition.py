@@ -478,6 +478,7 @@ def test_inputs_must_be_usable_patterns_compile_and_refs_resolve(tmp_path: Path)
             "tags": {"type": "array", "items": {"$ref": "other.json"}},  # nothing is fetched
             "colour": {"enum": [{"$ref": "#/nowhere"}]},  # data, not a reference
         },
+        "x-meta": {"$ref": "#/nowhere"},  # an unknown keyword: not a schema either
     }
     src, problems = problems_of(
         tmp_path,
@@ -504,6 +505,23 @@ def test_inputs_must_be_usable_patterns_compile_and_refs_resolve(tmp_path: Path)
         "properties": {"n": {"$ref": "#/$defs/n"}, "m": {"$ref": "order#/$defs/n"}},
     }
     Workflow(id="w", inputs=scoped, tasks=[py("a")]).validate_vars({"n": 1, "m": 2})
+
+
+def test_a_definition_the_store_cannot_hold_is_refused() -> None:
+    with pytest.raises(ValidationError) as info:
+        Workflow.from_dict(
+            {
+                "id": "w",
+                "name": "a\x00",
+                "tasks": [py("a", params={"ratio": float("nan"), "k\x00": 1, "l": [float("inf")]})],
+            }
+        )
+    assert info.value.problems == [
+        "<python>: name: holds the character U+0000, which cannot be stored",
+        "<python>: tasks[0].params.ratio: nan is not a JSON number",
+        "<python>: tasks[0].params: a key holds the character U+0000, which cannot be stored",
+        "<python>: tasks[0].params.l[0]: inf is not a JSON number",
+    ]
 
 
 def test_vars_against_an_unusable_schema_are_a_one_line_problem() -> None:
