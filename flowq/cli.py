@@ -317,11 +317,28 @@ def _positive(text: str) -> int:
     return value
 
 
+def _with_parents(parents: list[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:
+    """An ArgumentParser class whose instances (each command's) take ``parents``' options."""
+
+    class Parser(argparse.ArgumentParser):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "parents": [*kwargs.get("parents", []), *parents]})
+
+    return Parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `flowq` command."""
     parser = argparse.ArgumentParser(prog="flowq", description="Workflows on Celery.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # --debug after the command too (``flowq run --debug f.yaml``); absent, the first one stands
+    late = argparse.ArgumentParser(add_help=False)
+    late.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_with_parents([late])
+    )
 
     p = sub.add_parser("validate", help="check definitions")
     p.add_argument("files", nargs="+", metavar="FILE")

@@ -328,3 +328,13 @@ def test_a_reader_that_goes_away_is_not_an_error_message(
     proc.stdout.close()  # as `flowq list --json | head -0` does
     proc.wait(timeout=60)
     assert proc.stderr.read() == b""
+
+
+def test_debug_goes_before_or_after_the_command(env: dict[str, str]) -> None:
+    quiet = flowq(env, "status", "nope")
+    assert quiet.returncode == 1
+    assert quiet.stderr.strip() == "flowq: execution nope not found"
+    for args in (("--debug", "status", "nope"), ("status", "nope", "--debug")):
+        loud = flowq(env, *args)
+        assert loud.returncode == 1, args
+        assert "Traceback" in loud.stderr and "NotFound: execution nope not found" in loud.stderr
