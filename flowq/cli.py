@@ -45,7 +45,8 @@ STATE_MARK = {
 
 def parse_vars(pairs: Sequence[str], vars_file: str | None) -> dict[str, Any]:
     """``--vars-file`` then each ``--var K=V`` (V parsed as JSON when it parses)."""
-    from flowq.definition import json_problems, load_data
+    from flowq.definition import load_data
+    from flowq.problems import json_problems
 
     values: dict[str, Any] = {}
     if vars_file:
@@ -70,7 +71,7 @@ def parse_vars(pairs: Sequence[str], vars_file: str | None) -> dict[str, Any]:
 def json_or_text(raw: str) -> Any:
     """``raw`` parsed as JSON if it is JSON (``NaN``, ``Infinity`` and numbers too large for a
     float are not), else ``raw`` itself."""
-    from flowq.definition import json_problems
+    from flowq.problems import json_problems
 
     def not_json(name: str) -> Any:
         raise ValueError(f"{name} is not JSON")

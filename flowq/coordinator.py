@@ -26,10 +26,11 @@ from flowq import rules
 from flowq import states as S
 from flowq.claims import Claims
 from flowq.control import BROKER_ERRORS, Control
-from flowq.definition import Workflow, json_problems
+from flowq.definition import Workflow
 from flowq.ends import Ends
 from flowq.errors import FlowqError, ValidationError
 from flowq.execution import Claim, Definitions, Dispatch, Dispatcher, Started, Step
+from flowq.problems import json_problems
 from flowq.store import Store, Tx
 from flowq.store import tables as t
 from flowq.store.held import HeldClaim, Holder

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import math
 import os
 from collections.abc import Hashable, Mapping
 from contextvars import ContextVar
@@ -286,63 +285,6 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"duplicate key {key!r}")
         out[key] = value
     return out
-
-
-def json_problems(
-    value: Any, where: str = "vars", limit: int = 10, *, text_keys: bool = True
-) -> list[str]:
-    """One line per part of ``value`` that is not a JSON value the state store can hold: a
-    dict, a list (or tuple), a string without U+0000 (Postgres's JSON cannot hold that
-    character), a finite number, true, false or null; at most ``limit``. ``text_keys``: a
-    dict's keys must be strings (else numbers, true, false and null are allowed, as
-    ``json.dumps`` writes them as strings)."""
-    found: list[str] = []
-    active: set[int] = set()  # the containers on the path walked: one seen again is a cycle
-
-    def walk(item: Any, path: str) -> None:
-        if len(found) >= limit:
-            return
-        if item is None or isinstance(item, bool | int):
-            return
-        if isinstance(item, str):
-            if "\x00" in item:
-                found.append(f"{path}: a string holds the character U+0000, which cannot be stored")
-            return
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                found.append(f"{path}: {item!r} is not a JSON number")
-            return
-        if not isinstance(item, dict | list | tuple):
-            found.append(f"{path}: not a JSON value (a Python {type(item).__name__})")
-            return
-        if id(item) in active:
-            found.append(f"{path}: refers back to a value that holds it (a cycle)")
-            return
-        active.add(id(item))
-        if isinstance(item, dict):
-            for key, sub in item.items():
-                if len(found) >= limit:
-                    break
-                if isinstance(key, str) and "\x00" in key:
-                    found.append(
-                        f"{path}: a key holds the character U+0000, which cannot be stored"
-                    )
-                elif not isinstance(key, str) and (
-                    text_keys or not (key is None or isinstance(key, bool | int | float))
-                ):
-                    found.append(f"{path}: key {key!r} is not a string")
-                else:
-                    walk(sub, f"{path}.{key}")
-        else:
-            for i, sub in enumerate(item):
-                walk(sub, f"{path}[{i}]")
-        active.discard(id(item))
-
-    try:
-        walk(value, where)
-    except RecursionError:
-        return [f"{where}: nested too deeply"]
-    return found
 
 
 def load_data(text: str) -> Any:

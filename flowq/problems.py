@@ -143,7 +143,7 @@ class Checker:
 
     def characters(self, data: Mapping[str, Any]) -> None:
         """No U+0000 and no NaN or infinity anywhere: the store could not hold them."""
-        for line in unstorable(data):
+        for line in json_problems(data, where="", data_only=True):
             self.add(line)
 
     def pydantic(self, exc: PydanticError) -> None:
@@ -241,35 +241,74 @@ _SCHEMA_MAPS: Final = frozenset(
 )
 
 
-def unstorable(value: Any, where: str = "", limit: int = 10) -> list[str]:
-    """``where: why`` for each part of ``value`` (parsed YAML or JSON) the store cannot hold, at
-    most ``limit``: U+0000 in a string or a key (Postgres stores it neither in text nor in
-    JSON), a number that is not finite (JSON has none)."""
+def json_problems(
+    value: Any,
+    where: str = "vars",
+    limit: int = 10,
+    *,
+    text_keys: bool = True,
+    data_only: bool = False,
+) -> list[str]:
+    """One line per part of ``value`` that is not a JSON value the state store can hold: a
+    dict, a list (or tuple), a string without U+0000 (Postgres stores that character neither
+    in text nor in JSON), a finite number, true, false or null; at most ``limit``.
+
+    ``text_keys``: a dict's keys must be strings (else numbers, true, false and null are
+    allowed, as ``json.dumps`` writes them as strings). ``data_only``: ``value`` may hold more
+    than data (a definition built in Python holds task models, checked by their own rules):
+    only its strings and numbers are judged, inside any mapping, list or tuple, and a string's
+    problem is named by its place alone.
+    """
     found: list[str] = []
+    active: set[int] = set()  # the containers on the path walked: one seen again is a cycle
 
     def walk(item: Any, path: str) -> None:
         if len(found) >= limit:
             return
         here = path or "(the definition)"
+        if item is None or isinstance(item, bool | int):
+            return
         if isinstance(item, str):
             if "\x00" in item:
-                found.append(f"{here}: holds the character U+0000, which cannot be stored")
-        elif isinstance(item, float):
+                what = "" if data_only else "a string "
+                found.append(f"{here}: {what}holds the character U+0000, which cannot be stored")
+            return
+        if isinstance(item, float):
             if not math.isfinite(item):
                 found.append(f"{here}: {item!r} is not a JSON number")
-        elif isinstance(item, Mapping):
+            return
+        mapping = isinstance(item, Mapping if data_only else dict)
+        if not (mapping or isinstance(item, list | tuple)):
+            if not data_only:
+                found.append(f"{here}: not a JSON value (a Python {type(item).__name__})")
+            return
+        if id(item) in active:
+            found.append(f"{here}: refers back to a value that holds it (a cycle)")
+            return
+        active.add(id(item))
+        if mapping:
             for key, sub in item.items():
+                if len(found) >= limit:
+                    break
                 if isinstance(key, str) and "\x00" in key:
                     found.append(
                         f"{here}: a key holds the character U+0000, which cannot be stored"
                     )
+                elif not (isinstance(key, str) or data_only) and (
+                    text_keys or not (key is None or isinstance(key, bool | int | float))
+                ):
+                    found.append(f"{here}: key {key!r} is not a string")
                 else:
                     walk(sub, f"{path}.{key}" if path else str(key))
-        elif isinstance(item, list | tuple):
+        else:
             for i, sub in enumerate(item):
                 walk(sub, f"{path}[{i}]")
+        active.discard(id(item))
 
-    walk(value, where)
+    try:
+        walk(value, where)
+    except RecursionError:
+        return [f"{where or '(the definition)'}: nested too deeply"]
     return found
 
 

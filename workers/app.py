@@ -39,8 +39,8 @@ from kombu.exceptions import BatchPublishError
 
 from flowq.context import TaskContext
 from flowq.coordinator import Claim, Coordinator, Dispatch
-from flowq.definition import json_problems
 from flowq.errors import PermanentError, TaskError
+from flowq.problems import json_problems
 from flowq.recovery import env_seconds
 from flowq.settings import Settings
 from flowq.store import Store
