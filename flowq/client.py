@@ -24,12 +24,19 @@ class Client:
     inside this process, started on first use, so executions make progress without servers.
     """
 
-    def __init__(self, settings: Settings | None = None, *, concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        concurrency: int = 8,
+        store_retry_seconds: float = 60.0,
+    ) -> None:
         from flowq.embedded import EmbeddedWorker
         from workers.app import CeleryDispatcher, claim_hold_seconds, create_app, runtime_of
 
         self.settings = settings or Settings.from_env()
-        self.store = Store(self.settings.database_url)
+        # a call retries a lost store connection (a Postgres restart) this long, then raises
+        self.store = Store(self.settings.database_url, retry_seconds=store_retry_seconds)
         if self.store.is_sqlite:
             self.store.upgrade()
         self.app = create_app(self.settings)

@@ -34,6 +34,9 @@ log = logging.getLogger("flowq.api")
 
 DEFAULT_MAX_BODY = 1024 * 1024
 MAX_BODY_VARIABLE = "FLOWQ_API_MAX_BODY"
+# How long a request retries a lost state store (a Postgres restart) before its 503: a caller
+# waiting on an answer is better told soon that the store is down (workers wait 60 s)
+STORE_RETRY_SECONDS = 5.0
 
 DESCRIPTION = """\
 Register workflow definitions, start executions and watch or steer them (SPEC section 5).
@@ -244,7 +247,9 @@ def create_api(
     settings = settings or (client.settings if client is not None else Settings.from_env())
     limit = max_body if max_body is not None else max_body_from_env()
     owned = client is None
-    api_client = client if client is not None else Client(settings)
+    api_client = (
+        client if client is not None else Client(settings, store_retry_seconds=STORE_RETRY_SECONDS)
+    )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

@@ -23,6 +23,16 @@ from sqlalchemy.engine import make_url
 # planned. These statements never gain from JIT.
 HOT_SESSION_OPTIONS = "-c enable_seqscan=off -c jit=off"
 
+# How long a new Postgres connection may take (seconds) unless the URL says otherwise
+# (``?connect_timeout=N``): libpq waits for the operating system otherwise, minutes for a host
+# that drops packets, and every retry of ``Store.transact`` would wait that long again.
+CONNECT_TIMEOUT = 10
+
+
+def connect_timeout(url: sa.URL) -> dict[str, Any]:
+    """``connect_timeout`` for psycopg, unless the URL sets its own (then libpq reads it)."""
+    return {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT}
+
 
 def hot_options(url: sa.URL) -> str:
     """libpq's ``options`` for a hot-path session: the URL's own, then ``HOT_SESSION_OPTIONS``."""
@@ -46,7 +56,9 @@ def create_engine(url: str) -> sa.Engine:
     # HOT_SESSION_OPTIONS); the hot path keeps its plans, with those options instead. These
     # statements are a transition's own (a failure, a retry, a cancel) and the reconciler's,
     # not one per task: planning each costs little.
-    connect_args = {"prepare_threshold": None} if parsed.get_driver_name() == "psycopg" else {}
+    connect_args: dict[str, Any] = {}
+    if parsed.get_driver_name() == "psycopg":
+        connect_args = {"prepare_threshold": None, **connect_timeout(parsed)}
     return sa.create_engine(url, pool_size=5, max_overflow=10, connect_args=connect_args)
 
 

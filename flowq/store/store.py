@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 
 from flowq.store import hotpath
-from flowq.store.engine import create_engine, hot_options, is_sqlite
+from flowq.store.engine import connect_timeout, create_engine, hot_options, is_sqlite
 from flowq.store.migrate import upgrade
 from flowq.store.tx import iso, utcnow
 from flowq.store.tx_hot import HotPath
@@ -87,7 +87,10 @@ class Store:
         ``HOT_SESSION_OPTIONS`` (Postgres only)."""
         url = self.engine.url.set(drivername="postgresql")
         return psycopg.connect(
-            url.render_as_string(hide_password=False), autocommit=True, options=hot_options(url)
+            url.render_as_string(hide_password=False),
+            autocommit=True,
+            options=hot_options(url),
+            **connect_timeout(url),
         )
 
     def sa_connect(self) -> sa.Connection:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
@@ -9,8 +10,11 @@ from typing import Any
 import httpx
 import pytest
 
+from flowq import Settings
+from flowq.api import create_api
+from flowq.api.app import STORE_RETRY_SECONDS
 from flowq.store import Store
-from tests.api.conftest import Api, ServeApi, free_port
+from tests.api.conftest import Api, ServeApi, free_port, served
 from tests.conftest import fresh_postgres_database
 from tests.engine.conftest import py
 
@@ -318,6 +322,21 @@ def test_requests_while_the_broker_is_down_stand_and_wait_for_it(serve_api: Serv
         for action, state in (("pause", "paused"), ("resume", "running"), ("cancel", "cancelled")):
             answer = api.http.post(f"/executions/{eid}/{action}")  # the resume publishes
             assert (answer.status_code, answer.json()["state"]) == (200, state), answer.text
+
+
+def test_a_store_that_does_not_answer_is_a_503_within_seconds() -> None:
+    """The API's own client retries a lost store for STORE_RETRY_SECONDS, not the 60 s a
+    worker waits: the caller learns soon, in one line, that the store is down."""
+    url = f"postgresql+psycopg://flowq@127.0.0.1:{free_port()}/flowq"
+    app = create_api(settings=Settings(database_url=url))
+    with served(app) as base, httpx.Client(base_url=base, timeout=60) as http:
+        for method, path in (("GET", "/executions"), ("POST", "/workflows/w/executions")):
+            began = time.monotonic()
+            body = error(http.request(method, path, json={} if method == "POST" else None), 503)
+            waited = time.monotonic() - began
+            assert STORE_RETRY_SECONDS / 2 < waited < STORE_RETRY_SECONDS + 5, (path, waited)
+            assert body["detail"].startswith("state store unavailable: "), body
+            assert "refused" in body["detail"]
 
 
 def test_a_genuine_bug_is_a_generic_500(
