@@ -167,13 +167,13 @@ def _follow(client: Any, eid: str, started: float, quiet: bool) -> dict[str, Any
     The state is read before the history: once it says ended, that history holds every
     transition up to the end (the end commits with the last task's), so none goes unprinted.
     """
-    last = 0
+    seen: set[int] = set()  # ids: a change can be recorded after one with a larger id
     while True:
         doc: dict[str, Any] = client.status(eid)
         for event in client.history(eid):
-            if event["id"] <= last:
+            if event["id"] in seen:
                 continue
-            last = event["id"]
+            seen.add(event["id"])
             if quiet or event["task_id"] is None:
                 continue
             mark = STATE_MARK.get(event["to"], "?")

@@ -166,7 +166,10 @@ class ExecutionPage(_Out):
 class HistoryEvent(_Out):
     """One state change of an execution (``task_id`` null) or of one of its tasks."""
 
-    id: int = Field(description="increasing; pass the last one as `after` to get only newer")
+    id: int = Field(
+        description="increasing in the order recorded; pass the largest seen as `after` to get "
+        "only changes recorded since (the list is ordered by `at`)"
+    )
     at: Timestamp
     task_id: str | None
     from_: str | None = Field(alias="from")
