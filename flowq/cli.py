@@ -167,7 +167,7 @@ def _follow(client: Any, eid: str, started: float, quiet: bool) -> dict[str, Any
     The state is read before the history: once it says ended, that history holds every
     transition up to the end (the end commits with the last task's), so none goes unprinted.
     """
-    seen: set[int] = set()  # ids: a change can be recorded after one with a larger id
+    seen: set[int] = set()  # a change can commit after one with a larger id was read
     while True:
         doc: dict[str, Any] = client.status(eid)
         for event in client.history(eid):

@@ -40,14 +40,19 @@ def status_document(tx: Tx, execution_id: str) -> dict[str, Any]:
 
 
 def history_list(tx: Tx, execution_id: str, after_id: int = 0) -> list[dict[str, Any]]:
-    """Every state change of the execution and its tasks, oldest first: by ``at``, then in
-    the order recorded (``id``). The two differ where a change is recorded after later ones
-    (a held claim's start, written with its task's end; concurrent transactions)."""
+    """Every state change of the execution and its tasks, in the order recorded (``id``).
+
+    That order is causal: a change caused by another (a successor queued, the execution
+    completed or failed) is listed after it. ``at`` is when a change happened, which can be
+    earlier than a change of another task listed before it: a held claim's start is recorded
+    with its task's end, and concurrent transactions take their ids in commit order, not in
+    the order of their times. Each task's own changes, and the execution's, read in time order.
+    """
     tx.execution(execution_id)  # NotFound for an unknown id
     rows = tx.conn.execute(
         sa.select(t.history)
         .where(t.history.c.execution_id == execution_id, t.history.c.id > after_id)
-        .order_by(t.history.c.at, t.history.c.id)
+        .order_by(t.history.c.id)
     )
     return [
         {

@@ -167,8 +167,8 @@ class HistoryEvent(_Out):
     """One state change of an execution (``task_id`` null) or of one of its tasks."""
 
     id: int = Field(
-        description="increasing in the order recorded; pass the largest seen as `after` to get "
-        "only changes recorded since (the list is ordered by `at`)"
+        description="increasing in the order recorded (the list's order); pass the largest "
+        "seen as `after` to get only changes recorded since"
     )
     at: Timestamp
     task_id: str | None

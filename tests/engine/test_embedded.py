@@ -88,20 +88,26 @@ def test_fan_out_of_50_runs_concurrently(run: Run) -> None:
     assert ts(t["join"]["started_at"]) >= max(ts(t[f"w{i}"]["finished_at"]) for i in range(50))
 
 
-def test_the_history_lists_changes_in_time_order(run: Run, client: Client) -> None:
+def test_the_history_is_causal_and_each_task_reads_in_time_order(run: Run, client: Client) -> None:
     """Tasks that run side by side record their changes out of time order (a held claim's
-    start is written with its task's end, after other tasks' later changes; concurrent
-    transactions take their ids in another order than their times): the history still reads
-    oldest first, and every task's changes still chain legally."""
+    start is written with its task's end; concurrent transactions commit in another order than
+    their times). The history keeps the order recorded: each task's changes, and the
+    execution's, still chain legally in time order, and the execution's end comes last."""
     tasks = [py(f"w{i}", "sleep", params={"seconds": 0.02}) for i in range(30)]
     tasks.append(py("join", deps=tuple(f"w{i}" for i in range(30))))
     doc = run({"id": "timeline", "tasks": tasks})
     assert doc["state"] == "completed"
     history = client.history(doc["execution_id"])
     assert len(history) == 3 + 31 * 3  # created, running, completed; queued, running, succeeded
-    times = [ts(e["at"]) for e in history]
-    assert times == sorted(times)
     assert_legal_history(history)
+    assert [e["id"] for e in history] == sorted(e["id"] for e in history)
+    for who in {e["task_id"] for e in history}:
+        times = [ts(e["at"]) for e in history if e["task_id"] == who]
+        assert times == sorted(times), who
+    assert (history[-1]["task_id"], history[-1]["to"]) == (None, "completed")
+    assert history[-1]["at"] == doc["tasks"]["join"]["finished_at"]
+    last_task_change = [e for e in history if e["task_id"]][-1]
+    assert (last_task_change["task_id"], last_task_change["to"]) == ("join", "succeeded")
 
 
 def test_retries_then_success_counts_attempts(run: Run, client: Client) -> None:

@@ -151,7 +151,7 @@ def get_execution(client: ClientDep, execution_id: ExecutionId) -> dict[str, Any
     response_model=list[HistoryEvent],
     responses=errors(404, 422),
     operation_id="getExecutionHistory",
-    summary="Every state change, oldest first",
+    summary="Every state change, in the order recorded",
 )
 def get_history(
     client: ClientDep,
