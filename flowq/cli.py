@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, redirect_stdout
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -21,6 +21,7 @@ from flowq.errors import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    Conflict,
     FlowqError,
     InvalidTransition,
     NotFound,
@@ -30,6 +31,8 @@ from flowq.errors import (
 )
 from flowq.settings import Settings
 
+STORE_RETRY_SECONDS = 15.0  # how long a command retries a lost store (a Postgres restart)
+POOLS = ("prefork", "threads", "solo")  # Celery's pools that need nothing more installed
 STATE_MARK = {
     "queued": "…",
     "running": "▶",
@@ -193,18 +196,25 @@ def _follow(client: Any, eid: str, started: float, quiet: bool) -> dict[str, Any
 def _client() -> Any:
     from flowq.client import Client
 
-    return Client.from_env()
+    # a person is waiting: a store that does not answer is said within seconds, not a minute
+    return Client(Settings.from_env(), store_retry_seconds=STORE_RETRY_SECONDS)
 
 
 def cmd_register(args: argparse.Namespace) -> int:
     from flowq.definition import Workflow
 
-    workflows = [Workflow.from_file(path) for path in args.files]
+    workflows = [Workflow.from_file(path) for path in args.files]  # all valid, or none stored
+    code = EXIT_OK
     with _client() as client:
         for path, wf in zip(args.files, workflows, strict=True):
-            changed = client.register(wf, replace=args.replace)
+            try:
+                changed = client.register(wf, replace=args.replace)
+            except Conflict as exc:  # this file only: the others are stored all the same
+                print(f"{path}: {exc}", file=sys.stderr)
+                code = EXIT_FAILED
+                continue
             print(f"{path}: registered {wf.id}@{wf.version}" + ("" if changed else " (unchanged)"))
-    return EXIT_OK
+    return code
 
 
 def cmd_start(args: argparse.Namespace) -> int:
@@ -298,30 +308,36 @@ def _add_vars(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vars-file", metavar="F", help="YAML or JSON file of variables")
 
 
-def _priority(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 9:
-        raise argparse.ArgumentTypeError(f"must be an integer from 0 to 9, got {text!r}")
-    return value
+def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``low`` (to ``high``)."""
+    bounds = f"from {low} to {high}" if high is not None else f"of at least {low}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be a whole number {bounds}, got {text!r}")
+        return value
+
+    return parse
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
-    return value
+_priority, _positive, _port = _whole(0, 9), _whole(1), _whole(1, 65535)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (SPEC section 3), naming the command, exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def _with_parents(parents: list[argparse.ArgumentParser]) -> type[argparse.ArgumentParser]:
     """An ArgumentParser class whose instances (each command's) take ``parents``' options."""
 
-    class Parser(argparse.ArgumentParser):
+    class Parser(OneLineParser):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **{**kwargs, "parents": [*kwargs.get("parents", []), *parents]})
 
@@ -330,7 +346,7 @@ def _with_parents(parents: list[argparse.ArgumentParser]) -> type[argparse.Argum
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `flowq` command."""
-    parser = argparse.ArgumentParser(prog="flowq", description="Workflows on Celery.")
+    parser = OneLineParser(prog="flowq", description="Workflows on Celery.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     # --debug after the command too (``flowq run --debug f.yaml``); absent, the first one stands
     late = argparse.ArgumentParser(add_help=False)
@@ -403,17 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--concurrency", type=_positive, default=os.cpu_count() or 2)
     p.add_argument("-Q", "--queues", default="flowq", help="comma-separated queue names")
     p.add_argument("-n", "--hostname", default=None)
-    p.add_argument("-P", "--pool", default=None, help="Celery pool (prefork, threads, solo)")
+    p.add_argument("-P", "--pool", choices=POOLS, help="Celery pool (default prefork)")
     p.add_argument("-l", "--loglevel", default="INFO")
     p.set_defaults(fn=cmd_worker)
 
     p = sub.add_parser("api", help="the HTTP API (uvicorn)")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.set_defaults(fn=cmd_api)
 
     p = sub.add_parser("flower", help="Flower on the same broker")
-    p.add_argument("--port", type=int, default=5555)
+    p.add_argument("--port", type=_port, default=5555)
     p.set_defaults(fn=cmd_flower)
 
     p = sub.add_parser("db", help="state store administration")
@@ -459,6 +475,11 @@ def _error_lines(exc: BaseException) -> list[str]:
         return exc.problems
     if isinstance(exc, InvalidTransition | NotFound | WaitTimeout | FlowqError):
         return [str(exc)]
+    from flowq.store.store import store_problem
+
+    problem = store_problem(exc)
+    if problem is not None:
+        return [problem]
     text = " ".join(str(exc).split())
     return [f"{type(exc).__name__}: {text}" if text else type(exc).__name__]
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 
-from flowq.errors import EXIT_OK, UsageError
+from flowq.errors import EXIT_OK, FlowqError, UsageError
 from flowq.settings import Settings
 
 
@@ -34,9 +35,24 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def check_listen(host: str, port: int) -> None:
+    """Fail in one line now if the server could not listen on ``host:port`` (a port in use,
+    an unknown host) rather than in the server's own log and traceback later."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            sock.bind(address)
+    except OSError as exc:
+        raise FlowqError(f"cannot listen on {host or '*'}:{port}: {exc.strerror or exc}") from exc
+
+
 def cmd_api(args: argparse.Namespace) -> int:
     from flowq.api.server import serve
 
+    check_listen(args.host, args.port)
     serve(args.host, args.port)
     return EXIT_OK
 
@@ -45,6 +61,7 @@ def cmd_flower(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if settings.embedded:
         raise UsageError("flowq flower needs a broker: set FLOWQ_BROKER_URL")
+    check_listen("", args.port)  # Flower listens on every interface
     argv = [
         sys.executable,
         "-m",
@@ -60,9 +77,19 @@ def cmd_flower(args: argparse.Namespace) -> int:
 
 def cmd_db(args: argparse.Namespace) -> int:
     from flowq.store import Store
+    from flowq.store.migrate import HEAD, current_revision
 
     store = Store(Settings.from_env().database_url)
-    store.upgrade()
-    print(f"state tables are up to date in {store.engine.url.render_as_string()}")
-    store.dispose()
+    try:
+        before = current_revision(store.engine)
+        store.upgrade()
+    finally:
+        store.dispose()
+    where = store.engine.url.render_as_string()
+    if before == HEAD:
+        print(f"state tables are up to date in {where}")
+    elif before is None:
+        print(f"state tables created (revision {HEAD}) in {where}")
+    else:
+        print(f"state tables migrated from revision {before} to {HEAD} in {where}")
     return EXIT_OK

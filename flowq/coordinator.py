@@ -44,6 +44,7 @@ log = logging.getLogger("flowq.coordinator")
 
 DEFAULT_PRIORITY = 5
 META_CACHE_SIZE = 4096  # executions whose fixed fields a process keeps in memory
+LOST_TYPE = "WorkerLostError"  # the error of an attempt lost with its worker (Celery's name)
 
 
 class Coordinator(Claims, Ends, Control):
@@ -110,9 +111,9 @@ class Coordinator(Claims, Ends, Control):
             )
         elif idempotency_key is not None:
             problems += json_problems(idempotency_key, where="idempotency_key")
-            if len(idempotency_key) > ID_MAX:
+            if not 1 <= len(idempotency_key) <= ID_MAX:
                 problems.append(
-                    f"idempotency_key: must be at most {ID_MAX} characters long "
+                    f"idempotency_key: must be 1 to {ID_MAX} characters long "
                     f"(got {len(idempotency_key)})"
                 )
         if problems:
@@ -398,7 +399,8 @@ class Coordinator(Claims, Ends, Control):
             return False
         if row.attempts < step.wf.task(task_id).retries + 1:
             return tx.cas_task(eid, task_id, S.RUNNING, S.QUEUED, reason, queued_at=tx.now)
-        error = f"{reason}; no attempts left ({row.attempts} made)"
+        # a task that failed for good carries an exception type (SPEC section 2): Celery's
+        error = f"{LOST_TYPE}: {reason}; no attempts left ({row.attempts} made)"
         if tx.cas_task(eid, task_id, S.RUNNING, S.FAILED, error, error=error, finished_at=tx.now):
             step.settled.append((task_id, S.FAILED))
             self._propagate(step)

@@ -28,6 +28,7 @@ from flowq.api.routes import executions, service, workflows
 from flowq.client import Client
 from flowq.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from flowq.settings import Settings
+from flowq.store.store import NO_TABLES, first_line, missing_tables
 from flowq.ui import mount_ui
 
 log = logging.getLogger("flowq.api")
@@ -118,12 +119,6 @@ def _error(status: int, detail: str, **extra: Any) -> JSONResponse:
     return JSONResponse(body, status_code=status)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    line = lines[0].rstrip(". ") if lines else type(exc).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
 def _problem(err: Mapping[str, Any]) -> str:
     """One line for one pydantic/FastAPI error: ``query.limit: Input should be ...``."""
     loc = [str(part) for part in err.get("loc", ())]
@@ -195,17 +190,24 @@ async def _conflict(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _store_down(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("state store unavailable: %s", _first_line(exc))
-    return _error(503, f"state store unavailable: {_first_line(exc)}; try again later")
+    log.warning("state store unavailable: %s", first_line(exc))
+    return _error(503, f"state store unavailable: {first_line(exc)}; try again later")
+
+
+async def _store_not_set_up(request: Request, exc: Exception) -> JSONResponse:
+    if not missing_tables(exc):
+        return await _bug(request, exc)
+    log.error(NO_TABLES)
+    return _error(503, NO_TABLES)
 
 
 async def _store_refused(_: Request, exc: Exception) -> JSONResponse:
-    return _error(422, f"the state store refused a value: {_first_line(exc)}")
+    return _error(422, f"the state store refused a value: {first_line(exc)}")
 
 
 async def _broker_down(_: Request, exc: Exception) -> JSONResponse:
-    log.warning("broker unavailable: %s", _first_line(exc))
-    return _error(503, f"broker unavailable: {_first_line(exc)}; try again later")
+    log.warning("broker unavailable: %s", first_line(exc))
+    return _error(503, f"broker unavailable: {first_line(exc)}; try again later")
 
 
 async def _bug(request: Request, exc: Exception) -> JSONResponse:
@@ -223,10 +225,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(sa_exc.OperationalError, _store_down)
     app.add_exception_handler(sa_exc.InterfaceError, _store_down)
     app.add_exception_handler(sa_exc.DataError, _store_refused)
+    app.add_exception_handler(sa_exc.ProgrammingError, _store_not_set_up)
     # the same from the hot path's own psycopg connections (flowq.store.hotpath)
     app.add_exception_handler(psycopg.OperationalError, _store_down)
     app.add_exception_handler(psycopg.InterfaceError, _store_down)
     app.add_exception_handler(psycopg.DataError, _store_refused)
+    app.add_exception_handler(psycopg.errors.UndefinedTable, _store_not_set_up)
     app.add_exception_handler(BrokerError, _broker_down)
     app.add_exception_handler(Exception, _bug)
 

@@ -47,6 +47,8 @@ def create_engine(url: str) -> sa.Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
+    if parsed.drivername == "postgresql":  # SQLAlchemy's default driver (psycopg2) is not ours
+        parsed = parsed.set(drivername="postgresql+psycopg")
     # No pre-ping: a dead pooled connection fails the transaction, which Store.transact retries
     # on a fresh one; a ping per checkout would cost a round trip per transaction.
     # No server-side prepared statements on the general path (psycopg prepares a statement
@@ -59,7 +61,7 @@ def create_engine(url: str) -> sa.Engine:
     connect_args: dict[str, Any] = {}
     if parsed.get_driver_name() == "psycopg":
         connect_args = {"prepare_threshold": None, **connect_timeout(parsed)}
-    return sa.create_engine(url, pool_size=5, max_overflow=10, connect_args=connect_args)
+    return sa.create_engine(parsed, pool_size=5, max_overflow=10, connect_args=connect_args)
 
 
 def _sqlite_engine(url: str) -> sa.Engine:

@@ -27,6 +27,42 @@ __all__ = ["Store", "Tx", "iso", "utcnow"]
 log = logging.getLogger("flowq.store")
 T = TypeVar("T")
 HOT_IDLE = 5  # idle hot-path connections a Store keeps (one per thread that is using one)
+FIRST_DELAY = 0.05  # seconds before the first retry of a transaction; doubled up to 2 s
+
+
+# A connection the server refused for good: retrying cannot make the database exist or the
+# role authenticate (libpq gives no SQLSTATE for these, only the server's FATAL message)
+_REFUSED_FOR_GOOD = ("does not exist", "authentication failed", "no pg_hba.conf entry")
+STORE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, *hotpath.CONNECTION_ERRORS)
+NO_TABLES = "the state store has no flowq tables: run `flowq db upgrade` first"
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of a database error (the driver's own, without SQLAlchemy's notes)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    line = lines[0].rstrip(". ") if lines else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def refused_for_good(exc: BaseException) -> bool:
+    """A connection error that retrying cannot cure (no such database or role, bad password)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return "FATAL:" in text and any(marker in text for marker in _REFUSED_FOR_GOOD)
+
+
+def missing_tables(exc: BaseException) -> bool:
+    """The store's database has no flowq tables (``flowq db upgrade`` was not run)."""
+    return isinstance(getattr(exc, "orig", None) or exc, psycopg.errors.UndefinedTable)
+
+
+def store_problem(exc: BaseException) -> str | None:
+    """One line saying what is wrong with the state store, for a person to act on; None when
+    ``exc`` is not about the store's availability or set-up."""
+    if missing_tables(exc):
+        return NO_TABLES
+    if isinstance(exc, STORE_ERRORS):
+        return f"state store unavailable: {first_line(exc)}"
+    return None
 
 
 class Tx(HotPath, Upkeep):
@@ -138,7 +174,7 @@ class Store:
         ``now``: the time the transitions are recorded at (default: when each try begins).
         """
         deadline = time.monotonic() + self.retry_seconds
-        delay = 0.05
+        delay = FIRST_DELAY
         while True:
             try:
                 at = now or utcnow()
@@ -152,17 +188,15 @@ class Store:
                     out = _run(fn, tx)
                     tx.flush()
                 return out
-            except (
-                sa_exc.OperationalError,
-                sa_exc.InterfaceError,
-                *hotpath.CONNECTION_ERRORS,  # from a hot-path statement on a raw connection
-            ) as exc:
-                if time.monotonic() + delay > deadline:
+            except STORE_ERRORS as exc:  # psycopg's: from a hot-path statement on a raw connection
+                if time.monotonic() + delay > deadline or refused_for_good(exc):
                     raise
-                log.warning(
-                    "state store unavailable (%s); retrying in %.2fs",
-                    str(exc).splitlines()[0],
-                    delay,
+                # said once a call; a worker's calls in an outage still say it every few seconds
+                log.log(
+                    logging.WARNING if delay == FIRST_DELAY else logging.DEBUG,
+                    "state store unavailable (%s); retrying for up to %.0fs",
+                    first_line(exc),
+                    deadline - time.monotonic(),
                 )
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 2.0)

@@ -14,6 +14,7 @@ from flowq import Settings
 from flowq.api import create_api
 from flowq.api.app import STORE_RETRY_SECONDS
 from flowq.store import Store
+from flowq.store.store import NO_TABLES
 from tests.api.conftest import Api, ServeApi, free_port, served
 from tests.conftest import fresh_postgres_database
 from tests.engine.conftest import py
@@ -337,6 +338,20 @@ def test_a_store_that_does_not_answer_is_a_503_within_seconds() -> None:
             assert STORE_RETRY_SECONDS / 2 < waited < STORE_RETRY_SECONDS + 5, (path, waited)
             assert body["detail"].startswith("state store unavailable: "), body
             assert "refused" in body["detail"]
+
+
+@pytest.mark.integration
+def test_a_store_without_tables_is_a_503_that_says_to_upgrade() -> None:
+    with fresh_postgres_database("flowq_api_bare") as url:
+        app = create_api(settings=Settings(database_url=url))
+        with served(app) as base, httpx.Client(base_url=base, timeout=30) as http:
+            for method, path in (
+                ("GET", "/executions"),
+                ("GET", "/workflows"),
+                ("POST", "/workflows/w/executions"),
+            ):
+                body = error(http.request(method, path, json={} if method == "POST" else None), 503)
+                assert body["detail"] == NO_TABLES, (path, body)
 
 
 def test_a_genuine_bug_is_a_generic_500(

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT
+from flowq.cli import STORE_RETRY_SECONDS
+from flowq.store.migrate import HEAD
+from tests.conftest import ROOT, fresh_postgres_database
 from tests.engine.conftest import py
 
 
@@ -311,6 +315,46 @@ def test_counts_must_be_positive(env: dict[str, str], tmp_path: Path) -> None:
         assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (("start", "w", "--priority", "10"), "flowq start: argument --priority"),
+        (("list", "--state", "bogus"), "flowq list: argument --state"),
+        (("list", "--limit", "0"), "flowq list: argument --limit"),
+        (("db",), "flowq db: the following arguments are required: ACTION"),
+        (("db", "downgrade"), "flowq db: argument ACTION"),
+        (("worker", "-P", "bogus"), "flowq worker: argument -P/--pool"),
+        (("api", "--port", "99999"), "flowq api: argument --port"),
+        (("flower", "--port", "0"), "flowq flower: argument --port"),
+        (("nosuchcommand",), "flowq: argument COMMAND"),
+    ],
+)
+def test_a_usage_error_is_one_line_naming_the_command(
+    env: dict[str, str], args: tuple[str, ...], names: str
+) -> None:
+    res = flowq(env, *args)
+    assert res.returncode == 2
+    assert res.stdout == ""
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(names), res.stderr
+    assert res.stderr.rstrip().endswith("--help)")
+
+
+def test_a_server_that_cannot_listen_says_so_in_one_line(env: dict[str, str]) -> None:
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        port = str(taken.getsockname()[1])
+        for args, where in (
+            (("api", "--port", port), f"127.0.0.1:{port}"),
+            (("flower", "--port", port), f"*:{port}"),  # Flower listens on every interface
+        ):
+            res = flowq({**env, "FLOWQ_BROKER_URL": "redis://127.0.0.1:1/0"}, *args)
+            assert res.returncode == 1, res.stderr
+            assert res.stderr == f"flowq: cannot listen on {where}: Address already in use\n"
+    res = flowq(env, "api", "--host", "no-such-host.invalid", "--port", port)
+    assert res.returncode == 1
+    assert res.stderr.startswith("flowq: cannot listen on no-such-host.invalid:")
+    assert res.stderr.count("\n") == 1
+
+
 def test_a_reader_that_goes_away_is_not_an_error_message(
     env: dict[str, str], tmp_path: Path
 ) -> None:
@@ -338,3 +382,91 @@ def test_debug_goes_before_or_after_the_command(env: dict[str, str]) -> None:
         loud = flowq(env, *args)
         assert loud.returncode == 1, args
         assert "Traceback" in loud.stderr and "NotFound: execution nope not found" in loud.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("FLOWQ_DATABASE_URL", "notaurl", "FLOWQ_DATABASE_URL: not a database URL: 'notaurl'"),
+        ("FLOWQ_DATABASE_URL", "mysql://u@h/db", "FLOWQ_DATABASE_URL: flowq keeps its state in"),
+        ("FLOWQ_BROKER_URL", "foo://x", "FLOWQ_BROKER_URL: not a broker URL kombu knows"),
+        ("FLOWQ_BROKER_URL", "127.0.0.1:6379", "FLOWQ_BROKER_URL: not a broker URL kombu knows"),
+    ],
+)
+def test_a_bad_setting_is_one_line_naming_it_and_starts_nothing(
+    env: dict[str, str], tmp_path: Path, variable: str, value: str, says: str
+) -> None:
+    path = write(tmp_path, {"id": "w", "tasks": [py("a")]})
+    assert flowq(env, "register", path).returncode == 0
+    res = flowq({**env, variable: value}, "start", "w")
+    assert res.returncode == 2
+    assert res.stderr.startswith(says) and res.stderr.count("\n") == 1, res.stderr
+    assert flowq(env, "list", "--json").stdout.strip() == "[]"
+
+
+def test_a_conflict_on_one_file_stores_the_others(env: dict[str, str], tmp_path: Path) -> None:
+    first = write(tmp_path, {"id": "c1", "tasks": [py("a")]}, "c1.yaml")
+    assert flowq(env, "register", first).returncode == 0
+    changed = write(tmp_path, {"id": "c1", "tasks": [py("b")]}, "changed.yaml")
+    other = write(tmp_path, {"id": "c2", "tasks": [py("a")]}, "c2.yaml")
+    res = flowq(env, "register", first, changed, other)
+    assert res.returncode == 1
+    assert res.stdout.splitlines() == [
+        f"{first}: registered c1@1 (unchanged)",
+        f"{other}: registered c2@1",
+    ]
+    assert res.stderr.startswith(f"{changed}: ") and res.stderr.count("\n") == 1, res.stderr
+    assert "c1 version 1 is already registered with a different definition" in res.stderr
+
+
+def test_an_empty_idempotency_key_is_refused(env: dict[str, str], tmp_path: Path) -> None:
+    path = write(tmp_path, {"id": "k", "tasks": [py("a")]})
+    assert flowq(env, "register", path).returncode == 0
+    res = flowq(env, "start", "k", "--idempotency-key", "")
+    assert (res.returncode, res.stderr) == (
+        2,
+        "idempotency_key: must be 1 to 200 characters long (got 0)\n",
+    )
+    assert flowq(env, "list", "--json").stdout.strip() == "[]"
+
+
+@pytest.mark.integration
+def test_a_store_not_set_up_or_missing_is_said_in_one_line(env: dict[str, str]) -> None:
+    with fresh_postgres_database("flowq_cli_store") as url:
+        pg = {**env, "FLOWQ_DATABASE_URL": url}
+        for args in (("list",), ("status", "x"), ("start", "w")):
+            res = flowq(pg, *args)
+            assert (res.returncode, res.stderr) == (
+                1,
+                "flowq: the state store has no flowq tables: run `flowq db upgrade` first\n",
+            ), args
+        res = flowq(pg, "db", "upgrade")
+        assert res.stdout.startswith(f"state tables created (revision {HEAD}) in postgresql")
+        res = flowq(pg, "db", "upgrade")
+        assert res.stdout.startswith("state tables are up to date in postgresql")
+        # SQLAlchemy's default Postgres driver is psycopg2; flowq's is psycopg, which it uses
+        bare = url.replace("postgresql+psycopg://", "postgresql://")
+        assert flowq({**env, "FLOWQ_DATABASE_URL": bare}, "list").returncode == 0
+        gone = url.rsplit("/", 1)[0] + "/flowq_no_such_database"
+        res = flowq({**env, "FLOWQ_DATABASE_URL": gone}, "list")  # refused for good: no retry
+        assert res.returncode == 1
+        assert res.stderr.startswith("flowq: state store unavailable: connection failed:")
+        assert 'database "flowq_no_such_database" does not exist' in res.stderr
+        assert res.stderr.count("\n") == 1
+
+
+def test_a_store_that_does_not_answer_is_retried_a_while_then_said(env: dict[str, str]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens: connections are refused
+    url = f"postgresql+psycopg://flowq@127.0.0.1:{port}/flowq"
+    began = time.monotonic()
+    res = flowq({**env, "FLOWQ_DATABASE_URL": url}, "list")
+    waited = time.monotonic() - began
+    assert STORE_RETRY_SECONDS / 2 < waited < STORE_RETRY_SECONDS + 10
+    assert res.returncode == 1
+    lines = res.stderr.splitlines()
+    assert len(lines) == 2, lines  # the retry said once, then the error
+    assert lines[0].startswith("state store unavailable (") and "retrying for up to" in lines[0]
+    assert lines[1].startswith("flowq: state store unavailable: connection failed:")
+    assert "Connection refused" in lines[1]

@@ -229,6 +229,12 @@ def test_a_start_refuses_vars_that_are_not_json_and_stores_nothing(client: Clien
     with pytest.raises(ValidationError) as info:
         client.start("jsonvars", {}, idempotency_key=42)  # type: ignore[arg-type]
     assert info.value.problems == ["idempotency_key: must be a string (got int)"]
+    for key, length in (("", 0), ("k" * 201, 201)):  # as the HTTP API's schema says
+        with pytest.raises(ValidationError) as info:
+            client.start("jsonvars", {}, idempotency_key=key)
+        assert info.value.problems == [
+            f"idempotency_key: must be 1 to 200 characters long (got {length})"
+        ]
     assert client.list(workflow_id="jsonvars") == []
     eid = client.start("jsonvars", {"n": 1.5, "t": (1, "x"), "ok": None})
     assert client.wait(eid, timeout=30)["vars"] == {"n": 1.5, "t": [1, "x"], "ok": None}
