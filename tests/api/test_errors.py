@@ -91,6 +91,28 @@ def test_malformed_bodies_are_422_with_a_reason(
     assert expected in body["detail"], body
 
 
+@pytest.mark.parametrize("action", ["pause", "resume", "cancel", "retry"])
+def test_a_control_action_refuses_a_malformed_body_and_takes_a_json_one(
+    api: Api, action: str
+) -> None:
+    api.register({"id": "w", "tasks": [py("a")]})
+    eid = api.start("w")["execution_id"]
+    api.wait(eid)
+    url = f"/executions/{eid}/{action}"
+    json_type = {"content-type": "application/json"}
+    for content, expected in (
+        (b"{bad", "body: invalid JSON at character 1: Expecting property name"),
+        (b'{"a": "\xff"}', "body: invalid JSON: not UTF-8"),
+        (b"[" * 5000 + b"]" * 5000, "body: invalid JSON: nested too deeply"),
+    ):
+        body = error(api.http.post(url, content=content, headers=json_type), 422)
+        assert body["detail"].startswith(expected), body
+    # no body, or a JSON one, reaches the state machine: a completed execution refuses all four
+    for content in (b"", b"{}", b" null "):
+        answer = api.http.post(url, content=content, headers=json_type)
+        assert answer.status_code == 409, answer.text
+
+
 @pytest.mark.parametrize(
     ("start", "expected"),
     [

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Path, Query, Response
+from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
 from flowq.api.routes import ClientDep, check_json, errors
 from flowq.api.routes.workflows import WorkflowId
@@ -174,6 +175,22 @@ def _control(action: str, text: str) -> Callable[[Client, str], dict[str, Any]]:
     return control
 
 
+async def _no_body_or_json(request: Request) -> None:
+    """The control actions take no body; one sent all the same must still be JSON (SPEC
+    section 5: malformed JSON anywhere is a 4xx), said as a bad body of another route is."""
+    body = await request.body()
+    if not body.strip():
+        return
+    try:
+        json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"body: invalid JSON at character {exc.pos}: {exc.msg}") from exc
+    except UnicodeDecodeError as exc:
+        raise ValidationError("body: invalid JSON: not UTF-8") from exc
+    except RecursionError as exc:
+        raise ValidationError("body: invalid JSON: nested too deeply") from exc
+
+
 for _action, _text in (
     ("pause", "Pause: no task starts after this; running tasks finish."),
     ("resume", "Resume a paused execution where it stopped."),
@@ -187,5 +204,6 @@ for _action, _text in (
         response_model=StatusDocument,
         responses=errors(404, 409, 422),
         operation_id=f"{_action}Execution",
+        dependencies=[Depends(_no_body_or_json)],
         summary=f"{_action.capitalize()} an execution",
     )
