@@ -32,7 +32,8 @@ from flowq.errors import (
 from flowq.settings import Settings
 
 STORE_RETRY_SECONDS = 15.0  # how long a command retries a lost store (a Postgres restart)
-POOLS = ("prefork", "threads", "solo")  # Celery's pools that need nothing more installed
+# Celery's pools (gevent and eventlet need their package installed)
+POOLS = ("prefork", "threads", "solo", "processes", "eventlet", "gevent", "custom")
 STATE_MARK = {
     "queued": "…",
     "running": "▶",
@@ -324,7 +325,7 @@ def _whole(low: int, high: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-_priority, _positive, _port = _whole(0, 9), _whole(1), _whole(1, 65535)
+_priority, _positive, _port = _whole(0, 9), _whole(1), _whole(0, 65535)  # port 0: any free one
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -20,6 +20,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise UsageError(
             "flowq worker needs a broker: set FLOWQ_BROKER_URL, e.g. redis://127.0.0.1:6379/0"
         )
+    settings.check()
     app = create_app(settings)
     argv = [
         "worker",
@@ -44,6 +45,8 @@ def check_listen(host: str, port: int) -> None:
         )[0]
         with socket.socket(family, kind, proto) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
+            if family == socket.AF_INET6:  # as asyncio's servers do: "::" is not IPv4 too
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
     except OSError as exc:
         raise FlowqError(f"cannot listen on {host or '*'}:{port}: {exc.strerror or exc}") from exc
@@ -61,7 +64,9 @@ def cmd_flower(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if settings.embedded:
         raise UsageError("flowq flower needs a broker: set FLOWQ_BROKER_URL")
-    check_listen("", args.port)  # Flower listens on every interface
+    settings.check(database=False)
+    if not any(os.environ.get(f"FLOWER_{name}") for name in ("ADDRESS", "UNIX_SOCKET")):
+        check_listen("", args.port)  # by default Flower listens on every interface
     argv = [
         sys.executable,
         "-m",
@@ -79,7 +84,9 @@ def cmd_db(args: argparse.Namespace) -> int:
     from flowq.store import Store
     from flowq.store.migrate import HEAD, current_revision
 
-    store = Store(Settings.from_env().database_url)
+    settings = Settings.from_env()
+    settings.check(broker=False)
+    store = Store(settings.database_url)
     try:
         before = current_revision(store.engine)
         store.upgrade()

@@ -15,6 +15,7 @@ from flowq.execution import Started
 from flowq.settings import Settings
 from flowq.status import history_list, list_executions, status_document
 from flowq.store import Store
+from flowq.store.store import STORE_RETRY_SECONDS
 
 
 class Client:
@@ -29,13 +30,18 @@ class Client:
         settings: Settings | None = None,
         *,
         concurrency: int = 8,
-        store_retry_seconds: float = 60.0,
+        store_retry_seconds: float = STORE_RETRY_SECONDS,
     ) -> None:
         from flowq.embedded import EmbeddedWorker
         from workers.app import CeleryDispatcher, claim_hold_seconds, create_app, runtime_of
 
         self.settings = settings or Settings.from_env()
-        # a call retries a lost store connection (a Postgres restart) this long, then raises
+        self.settings.check(broker=not self.settings.embedded)
+        # a call retries a lost store connection (a Postgres restart) this long, then raises;
+        # embedded, the worker in this process writes through the same store, with no
+        # reconciler behind it: it keeps the workers' 60 s
+        if self.settings.embedded:
+            store_retry_seconds = max(store_retry_seconds, STORE_RETRY_SECONDS)
         self.store = Store(self.settings.database_url, retry_seconds=store_retry_seconds)
         if self.store.is_sqlite:
             self.store.upgrade()

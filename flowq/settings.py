@@ -32,17 +32,22 @@ class Settings:
             value = e.get(name, "").strip()
             return value or None
 
-        settings = cls(
+        return cls(
             broker_url=get("FLOWQ_BROKER_URL"),
             result_backend=get("FLOWQ_RESULT_BACKEND"),
             database_url=get("FLOWQ_DATABASE_URL") or DEFAULT_DATABASE_URL,
             file_root=get("FLOWQ_FILE_ROOT") or DEFAULT_FILE_ROOT,
             api_token=get("FLOWQ_API_TOKEN"),
         )
-        check_database_url(settings.database_url, "FLOWQ_DATABASE_URL")
-        if settings.broker_url is not None:
-            check_broker_url(settings.broker_url, "FLOWQ_BROKER_URL")
-        return settings
+
+    def check(self, *, database: bool = True, broker: bool = True) -> None:
+        """Raise ``UsageError``, naming the variable, for a state store or broker URL flowq
+        cannot use (before anything connects, so nothing is half done); a command checks the
+        ones it uses."""
+        if database:
+            check_database_url(self.database_url, "FLOWQ_DATABASE_URL")
+        if broker and self.broker_url is not None:
+            check_broker_url(self.broker_url, "FLOWQ_BROKER_URL")
 
     @property
     def embedded(self) -> bool:
@@ -64,35 +69,39 @@ class Settings:
         return None
 
 
-# The databases flowq keeps its state in, by SQLAlchemy dialect, and the drivers it ships with
-STORE_DRIVERS = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg")}
+# The databases flowq keeps its state in, by SQLAlchemy dialect, and the drivers it accepts
+# (psycopg2's URLs are read as psycopg's: flowq.store.engine)
+STORE_DRIVERS = {"sqlite": ("", "pysqlite"), "postgresql": ("", "psycopg", "psycopg2")}
+DATABASE_EXAMPLE = "sqlite:///flowq.db or postgresql+psycopg://user@127.0.0.1/flowq"
 
 
 def check_database_url(url: str, name: str) -> None:
     """Raise ``UsageError`` naming ``name`` unless ``url`` is a state store flowq can use
-    (checked before anything connects, so nothing is half done)."""
+    (the message never shows the URL's password)."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
-    example = "sqlite:///flowq.db or postgresql+psycopg://user@127.0.0.1/flowq"
     try:
-        dialect, _, driver = make_url(url).drivername.partition("+")
+        dialect, _, driver = make_url(url).drivername.lower().partition("+")
     except ArgumentError:
-        raise UsageError(f"{name}: not a database URL: {url!r}; e.g. {example}") from None
+        raise UsageError(f"{name}: not a database URL; e.g. {DATABASE_EXAMPLE}") from None
     if driver not in STORE_DRIVERS.get(dialect, ()):
         raise UsageError(
             f"{name}: flowq keeps its state in SQLite or PostgreSQL (with psycopg), "
-            f"not {dialect}{'+' + driver if driver else ''}; e.g. {example}"
+            f"not {dialect}{'+' + driver if driver else ''}; e.g. {DATABASE_EXAMPLE}"
         )
 
 
 def check_broker_url(url: str, name: str) -> None:
-    """Raise ``UsageError`` naming ``name`` unless ``url`` names a transport kombu knows."""
+    """Raise ``UsageError`` naming ``name`` unless ``url`` names a transport kombu knows
+    (the message shows the scheme only: the rest may hold a password)."""
     from kombu.transport import TRANSPORT_ALIASES
 
     scheme, sep, _ = url.partition("://")
-    transport = scheme.partition("+")[0]  # kombu's own reading of "sqla+postgresql://"
-    if not sep or transport not in TRANSPORT_ALIASES:
+    transport = scheme.partition("+")[0].lower()  # kombu's reading of "sqla+postgresql://"
+    if not sep:
+        raise UsageError(f"{name}: not a broker URL (no scheme://); e.g. redis://127.0.0.1:6379/0")
+    if transport not in TRANSPORT_ALIASES:
         raise UsageError(
-            f"{name}: not a broker URL kombu knows: {url!r}; e.g. redis://127.0.0.1:6379/0"
+            f"{name}: kombu knows no broker transport {transport!r}; e.g. redis://127.0.0.1:6379/0"
         )

@@ -45,8 +45,9 @@ def history_list(tx: Tx, execution_id: str, after_id: int = 0) -> list[dict[str,
     That order is causal: a change caused by another (a successor queued, the execution
     completed or failed) is listed after it. ``at`` is when a change happened, which can be
     earlier than a change of another task listed before it: a held claim's start is recorded
-    with its task's end, and concurrent transactions take their ids in commit order, not in
-    the order of their times. Each task's own changes, and the execution's, read in time order.
+    with its task's end, and concurrent transactions take their ids when they write, not when
+    they read their time. Each task's own changes, and the execution's, read in time order.
+    ``after_id``: only ids above it (two tasks' changes can commit out of id order).
     """
     tx.execution(execution_id)  # NotFound for an unknown id
     rows = tx.conn.execute(

@@ -167,8 +167,9 @@ class HistoryEvent(_Out):
     """One state change of an execution (``task_id`` null) or of one of its tasks."""
 
     id: int = Field(
-        description="increasing in the order recorded (the list's order); pass the largest "
-        "seen as `after` to get only changes recorded since"
+        description="increasing in the order recorded (the list's order); `after` returns "
+        "only larger ids (two tasks' changes can commit out of id order: to follow a running "
+        "execution, ask from a little below the largest seen and skip the ids you have)"
     )
     at: Timestamp
     task_id: str | None

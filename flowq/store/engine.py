@@ -23,15 +23,18 @@ from sqlalchemy.engine import make_url
 # planned. These statements never gain from JIT.
 HOT_SESSION_OPTIONS = "-c enable_seqscan=off -c jit=off"
 
-# How long a new Postgres connection may take (seconds) unless the URL says otherwise
-# (``?connect_timeout=N``): libpq waits for the operating system otherwise, minutes for a host
-# that drops packets, and every retry of ``Store.transact`` would wait that long again.
+# How long a new Postgres connection may take (seconds) unless the URL, a libpq service file
+# or PGCONNECT_TIMEOUT says otherwise: psycopg's own default is 130 s for a host that drops
+# packets, and every retry of ``Store.transact`` would wait that long again.
 CONNECT_TIMEOUT = 10
 
 
 def connect_timeout(url: sa.URL) -> dict[str, Any]:
-    """``connect_timeout`` for psycopg, unless the URL sets its own (then libpq reads it)."""
-    return {} if "connect_timeout" in url.query else {"connect_timeout": CONNECT_TIMEOUT}
+    """``connect_timeout`` for psycopg, unless the user set one (then libpq reads theirs)."""
+    own = "connect_timeout" in url.query or "service" in url.query
+    if own or os.environ.get("PGCONNECT_TIMEOUT", "").strip():
+        return {}
+    return {"connect_timeout": CONNECT_TIMEOUT}
 
 
 def hot_options(url: sa.URL) -> str:
@@ -47,7 +50,8 @@ def create_engine(url: str) -> sa.Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    if parsed.drivername == "postgresql":  # SQLAlchemy's default driver (psycopg2) is not ours
+    if parsed.drivername.lower() in ("postgresql", "postgresql+psycopg2"):
+        # SQLAlchemy's default driver (psycopg2) is not flowq's: its URLs are libpq's, as ours
         parsed = parsed.set(drivername="postgresql+psycopg")
     # No pre-ping: a dead pooled connection fails the transaction, which Store.transact retries
     # on a fresh one; a ping per checkout would cost a round trip per transaction.

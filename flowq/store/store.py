@@ -28,6 +28,7 @@ log = logging.getLogger("flowq.store")
 T = TypeVar("T")
 HOT_IDLE = 5  # idle hot-path connections a Store keeps (one per thread that is using one)
 FIRST_DELAY = 0.05  # seconds before the first retry of a transaction; doubled up to 2 s
+STORE_RETRY_SECONDS = 60.0  # how long a transaction is retried on lost connections, by default
 
 
 # A connection the server refused for good: retrying cannot make the database exist or the
@@ -84,7 +85,7 @@ def _run(fn: Callable[[Tx], T], tx: Tx) -> T:
 class Store:
     """Durable state of workflows: one engine, transactions retried on transient errors."""
 
-    def __init__(self, url: str, *, retry_seconds: float = 60.0) -> None:
+    def __init__(self, url: str, *, retry_seconds: float = STORE_RETRY_SECONDS) -> None:
         self.url = url
         self.engine = create_engine(url)
         self.retry_seconds = retry_seconds

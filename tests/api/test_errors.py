@@ -104,6 +104,8 @@ def test_a_control_action_refuses_a_malformed_body_and_takes_a_json_one(
         (b"{bad", "body: invalid JSON at character 1: Expecting property name"),
         (b'{"a": "\xff"}', "body: invalid JSON: not UTF-8"),
         (b"[" * 5000 + b"]" * 5000, "body: invalid JSON: nested too deeply"),
+        (b'{"a": NaN}', "body.a: nan is not a JSON number"),
+        (b"[" * 100 + b"]" * 100, "body[0]"),  # deeper than 64 levels
     ):
         body = error(api.http.post(url, content=content, headers=json_type), 422)
         assert body["detail"].startswith(expected), body
@@ -349,9 +351,16 @@ def test_requests_while_the_broker_is_down_stand_and_wait_for_it(serve_api: Serv
 
 def test_a_store_that_does_not_answer_is_a_503_within_seconds() -> None:
     """The API's own client retries a lost store for STORE_RETRY_SECONDS, not the 60 s a
-    worker waits: the caller learns soon, in one line, that the store is down."""
+    worker waits: the caller learns soon, in one line, that the store is down. Embedded,
+    the API's process runs the tasks through the same store, with no reconciler behind it:
+    there it keeps the workers' 60 s."""
     url = f"postgresql+psycopg://flowq@127.0.0.1:{free_port()}/flowq"
-    app = create_api(settings=Settings(database_url=url))
+    embedded = create_api(settings=Settings(database_url=url))
+    assert embedded.state.client.store.retry_seconds == 60
+    embedded.state.client.close()
+    broker = f"redis://127.0.0.1:{free_port()}/0"  # never reached: the store fails first
+    app = create_api(settings=Settings(database_url=url, broker_url=broker))
+    assert app.state.client.store.retry_seconds == STORE_RETRY_SECONDS
     with served(app) as base, httpx.Client(base_url=base, timeout=60) as http:
         for method, path in (("GET", "/executions"), ("POST", "/workflows/w/executions")):
             began = time.monotonic()

@@ -15,6 +15,8 @@ import pytest
 import yaml
 
 from flowq.cli import STORE_RETRY_SECONDS
+from flowq.cli_servers import check_listen
+from flowq.errors import FlowqError
 from flowq.store.migrate import HEAD
 from tests.conftest import ROOT, fresh_postgres_database
 from tests.engine.conftest import py
@@ -325,7 +327,7 @@ def test_counts_must_be_positive(env: dict[str, str], tmp_path: Path) -> None:
         (("db", "downgrade"), "flowq db: argument ACTION"),
         (("worker", "-P", "bogus"), "flowq worker: argument -P/--pool"),
         (("api", "--port", "99999"), "flowq api: argument --port"),
-        (("flower", "--port", "0"), "flowq flower: argument --port"),
+        (("flower", "--port", "70000"), "flowq flower: argument --port"),
         (("nosuchcommand",), "flowq: argument COMMAND"),
     ],
 )
@@ -387,10 +389,10 @@ def test_debug_goes_before_or_after_the_command(env: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("variable", "value", "says"),
     [
-        ("FLOWQ_DATABASE_URL", "notaurl", "FLOWQ_DATABASE_URL: not a database URL: 'notaurl'"),
+        ("FLOWQ_DATABASE_URL", "notaurl", "FLOWQ_DATABASE_URL: not a database URL; e.g. sqlite"),
         ("FLOWQ_DATABASE_URL", "mysql://u@h/db", "FLOWQ_DATABASE_URL: flowq keeps its state in"),
-        ("FLOWQ_BROKER_URL", "foo://x", "FLOWQ_BROKER_URL: not a broker URL kombu knows"),
-        ("FLOWQ_BROKER_URL", "127.0.0.1:6379", "FLOWQ_BROKER_URL: not a broker URL kombu knows"),
+        ("FLOWQ_BROKER_URL", "foo://:pw@x", "FLOWQ_BROKER_URL: kombu knows no broker transport"),
+        ("FLOWQ_BROKER_URL", "127.0.0.1:6379", "FLOWQ_BROKER_URL: not a broker URL (no scheme"),
     ],
 )
 def test_a_bad_setting_is_one_line_naming_it_and_starts_nothing(
@@ -401,7 +403,36 @@ def test_a_bad_setting_is_one_line_naming_it_and_starts_nothing(
     res = flowq({**env, variable: value}, "start", "w")
     assert res.returncode == 2
     assert res.stderr.startswith(says) and res.stderr.count("\n") == 1, res.stderr
+    assert "pw" not in res.stderr  # a URL's password is never echoed
     assert flowq(env, "list", "--json").stdout.strip() == "[]"
+
+
+def test_a_setting_is_checked_by_the_commands_that_use_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    path = write(tmp_path, {"id": "w", "tasks": [py("a")]})
+    bad_broker = {**env, "FLOWQ_BROKER_URL": "foo://x"}
+    assert flowq(bad_broker, "run", path).returncode == 0  # embedded: no broker used
+    assert flowq(bad_broker, "db", "upgrade").returncode == 0
+    res = flowq(
+        {**env, "FLOWQ_DATABASE_URL": "mysql://u@h/db", "FLOWQ_BROKER_URL": "foo://x"}, "flower"
+    )
+    assert res.returncode == 2 and res.stderr.startswith("FLOWQ_BROKER_URL:"), res.stderr
+
+
+def test_listening_on_ipv6_any_is_not_refused_for_an_ipv4_listener() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    with socket.create_server(("0.0.0.0", 0)) as taken:
+        port = taken.getsockname()[1]
+        try:
+            check_listen("::", port)  # uvicorn would listen there (IPv6 only), as asyncio does
+        except FlowqError as exc:
+            if "Address family" in str(exc) or "not available" in str(exc):
+                pytest.skip(f"no IPv6 here: {exc}")
+            raise
+        with pytest.raises(FlowqError, match="Address already in use"):
+            check_listen("0.0.0.0", port)
 
 
 def test_a_conflict_on_one_file_stores_the_others(env: dict[str, str], tmp_path: Path) -> None:
@@ -460,8 +491,9 @@ def test_a_store_that_does_not_answer_is_retried_a_while_then_said(env: dict[str
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens: connections are refused
     url = f"postgresql+psycopg://flowq@127.0.0.1:{port}/flowq"
+    distributed = {**env, "FLOWQ_DATABASE_URL": url, "FLOWQ_BROKER_URL": "redis://127.0.0.1:1/0"}
     began = time.monotonic()
-    res = flowq({**env, "FLOWQ_DATABASE_URL": url}, "list")
+    res = flowq(distributed, "list")  # (embedded, the command's tasks would wait 60 s)
     waited = time.monotonic() - began
     assert STORE_RETRY_SECONDS / 2 < waited < STORE_RETRY_SECONDS + 10
     assert res.returncode == 1

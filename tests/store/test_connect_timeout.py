@@ -55,3 +55,11 @@ def test_the_url_s_own_connect_timeout_wins(silent_port: int) -> None:
         assert 1.9 < _timed_failure(store, single=False) < 6
     finally:
         store.dispose()
+
+
+def test_a_timeout_the_user_set_elsewhere_is_left_to_libpq(monkeypatch: pytest.MonkeyPatch) -> None:
+    url = sa.engine.make_url("postgresql+psycopg://flowq@127.0.0.1/flowq")
+    assert engine_module.connect_timeout(url) == {"connect_timeout": engine_module.CONNECT_TIMEOUT}
+    assert engine_module.connect_timeout(url.update_query_dict({"service": "flowq"})) == {}
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "3")
+    assert engine_module.connect_timeout(url) == {}

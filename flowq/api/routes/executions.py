@@ -182,7 +182,7 @@ async def _no_body_or_json(request: Request) -> None:
     if not body.strip():
         return
     try:
-        json.loads(body)
+        check_json(json.loads(body), "body")  # NaN, Infinity and deep nesting, as elsewhere
     except json.JSONDecodeError as exc:
         raise ValidationError(f"body: invalid JSON at character {exc.pos}: {exc.msg}") from exc
     except UnicodeDecodeError as exc:

@@ -10,6 +10,7 @@ import {
 const POLL_MS = 1000;
 const POLL_ENDED_MS = 5000; // a failed execution may still be retried from elsewhere
 const TIMELINE_MAX = 1000;
+const HISTORY_MARGIN = 200; // ids re-read below the largest seen: a change can commit after a larger id
 
 // SPEC section 2: the transitions a user may ask for, by the state they start from.
 export const ACTIONS = [
@@ -39,6 +40,7 @@ export function executionView(root, { params }) {
   let lastEvent = 0;
   let busy = false;
   const events = [];
+  const seen = new Set(); // event ids shown: two changes can commit out of id order
 
   const title = h("h1", null, "Execution");
   const badge = h("span", { id: "execution-state" });
@@ -100,7 +102,7 @@ export function executionView(root, { params }) {
       try {
         const [status, more] = await Promise.all([
           call(path`executions/${id}`),
-          call(`${path`executions/${id}/history`}?after=${lastEvent}`),
+          call(`${path`executions/${id}/history`}?after=${Math.max(0, lastEvent - HISTORY_MARGIN)}`),
         ]);
         if (!alive) return;
         addEvents(more);
@@ -168,12 +170,14 @@ export function executionView(root, { params }) {
     }
   }
 
-  function addEvents(more) {
+  function addEvents(all) {
+    const more = all.filter((e) => !seen.has(e.id));
     if (!more.length) return;
     const atEnd = timeline.scrollHeight - timeline.scrollTop - timeline.clientHeight < 4;
     const origin = doc ? new Date(doc.created_at).getTime() : new Date(more[0].at).getTime();
     for (const e of more) {
       events.push(e);
+      seen.add(e.id);
       lastEvent = Math.max(lastEvent, e.id);
       const subject = e.task_id
         ? h("button", { type: "button", class: "linkish", onclick: () => select(e.task_id) }, e.task_id)
