@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import flowq
 from flowq.api.auth import BearerAuth
 from flowq.api.metrics import StoreCollector
-from flowq.api.routes import executions, service, workflows
+from flowq.api.routes import executions, invalid_json, service, workflows
 from flowq.client import Client
 from flowq.errors import Conflict, InvalidTransition, NotFound, ValidationError
 from flowq.settings import Settings
@@ -154,8 +154,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, HTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
         # FastAPI's "There was an error parsing the body": say what was wrong with it
-        reason = "nested too deeply" if isinstance(exc.__cause__, RecursionError) else "not UTF-8"
-        problem = f"body: invalid JSON: {reason}"
+        problem = invalid_json(exc.__cause__)
         return _error(422, problem, problems=[problem])
     headers = dict(exc.headers or {})
     detail = str(exc.detail)

@@ -38,22 +38,27 @@ STORE_ERRORS = (sa_exc.OperationalError, sa_exc.InterfaceError, *hotpath.CONNECT
 NO_TABLES = "the state store has no flowq tables: run `flowq db upgrade` first"
 
 
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own error under SQLAlchemy's wrapper (``exc`` itself when unwrapped)."""
+    return getattr(exc, "orig", None) or exc
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of a database error (the driver's own, without SQLAlchemy's notes)."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    lines = str(_driver_error(exc)).strip().splitlines()
     line = lines[0].rstrip(". ") if lines else type(exc).__name__
     return line if len(line) <= 200 else line[:197] + "..."
 
 
 def refused_for_good(exc: BaseException) -> bool:
     """A connection error that retrying cannot cure (no such database or role, bad password)."""
-    text = str(getattr(exc, "orig", None) or exc)
+    text = str(_driver_error(exc))
     return "FATAL:" in text and any(marker in text for marker in _REFUSED_FOR_GOOD)
 
 
 def missing_tables(exc: BaseException) -> bool:
     """The store's database has no flowq tables (``flowq db upgrade`` was not run)."""
-    return isinstance(getattr(exc, "orig", None) or exc, psycopg.errors.UndefinedTable)
+    return isinstance(_driver_error(exc), psycopg.errors.UndefinedTable)
 
 
 def store_problem(exc: BaseException) -> str | None:

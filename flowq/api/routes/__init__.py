@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Mapping
 from typing import Annotated, Any, cast
@@ -34,6 +35,15 @@ def _client(request: Request) -> Client:
 
 
 ClientDep = Annotated[Client, Depends(_client)]
+
+
+def invalid_json(exc: BaseException) -> str:
+    """The problem line for a request body that is not JSON, from the parser's error."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"body: invalid JSON at character {exc.pos}: {exc.msg}"
+    if isinstance(exc, RecursionError):
+        return "body: invalid JSON: nested too deeply"
+    return "body: invalid JSON: not UTF-8"
 
 
 def check_json(value: Any, where: str) -> None:

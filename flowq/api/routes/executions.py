@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Path, Query, Request, Response
 
-from flowq.api.routes import ClientDep, check_json, errors
+from flowq.api.routes import ClientDep, check_json, errors, invalid_json
 from flowq.api.routes.workflows import WorkflowId
 from flowq.api.schemas import (
     EXECUTION_ID_PATTERN,
@@ -182,13 +182,10 @@ async def _no_body_or_json(request: Request) -> None:
     if not body.strip():
         return
     try:
-        check_json(json.loads(body), "body")  # NaN, Infinity and deep nesting, as elsewhere
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"body: invalid JSON at character {exc.pos}: {exc.msg}") from exc
-    except UnicodeDecodeError as exc:
-        raise ValidationError("body: invalid JSON: not UTF-8") from exc
-    except RecursionError as exc:
-        raise ValidationError("body: invalid JSON: nested too deeply") from exc
+        value = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, nested too deeply
+        raise ValidationError(invalid_json(exc)) from exc
+    check_json(value, "body")  # NaN, Infinity and deep nesting, as elsewhere
 
 
 for _action, _text in (
