@@ -17,7 +17,7 @@ from bench.cpu import CpuMeter
 from bench.env import ROOT, Env
 from bench.plan import MODES, Mode, Runner
 from bench.sides import FlowqSide, PlainSide
-from workers.app import CLAIM_HOLD_SECONDS
+from workers.app import CLAIM_HOLD_SECONDS, COMMIT_BATCH_SECONDS
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = """# Benchmark results
@@ -52,6 +52,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         default=CLAIM_HOLD_SECONDS,
         help=f"flowq workers' FLOWQ_CLAIM_HOLD_SECONDS (default {CLAIM_HOLD_SECONDS:g}, the "
         "workers' default; 0: every claim commits alone)",
+    )
+    p.add_argument(
+        "--commit-batch",
+        type=float,
+        default=COMMIT_BATCH_SECONDS,
+        help=f"flowq workers' FLOWQ_COMMIT_BATCH_SECONDS (default {COMMIT_BATCH_SECONDS:g}, the "
+        "workers' default; 0: each success without successors commits alone)",
     )
     return p.parse_args(argv)
 
@@ -88,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         concurrency=args.concurrency,
         redis_url=args.redis_url,
         keep=args.keep,
-        worker_env={"FLOWQ_CLAIM_HOLD_SECONDS": str(args.claim_hold)},
+        worker_env={
+            "FLOWQ_CLAIM_HOLD_SECONDS": str(args.claim_hold),
+            "FLOWQ_COMMIT_BATCH_SECONDS": str(args.commit_batch),
+        },
     )
     with env:
         os.environ[marks.ENV] = env.marks_url
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                 setup=(
                     f"{args.nodes} worker process(es) x prefork {args.concurrency} per side, "
                     f"broker {broker}, Postgres database `{env.db_name}`, flowq claim hold "
-                    f"{args.claim_hold:g} s"
+                    f"{args.claim_hold:g} s, commit batches {args.commit_batch:g} s"
                 ),
                 versions=report.versions(redis.Redis.from_url(env.broker_server), env.admin),
                 floor=floor,

@@ -91,7 +91,10 @@ class Claims(Part):
         began = utcnow()  # when the attempt started, whatever connecting costs below
         if hold and self.holder is not None:
             try:
-                got = self.holder.claim(queued, execution_id, task_id, began, celery_id, worker)
+                leaf = self._leaf(execution_id, task_id, digest)
+                got = self.holder.claim(
+                    queued, execution_id, task_id, began, celery_id, worker, leaf=leaf
+                )
             except CONNECTION_ERRORS as exc:
                 log.warning("could not hold the claim of %s/%s: %s", execution_id, task_id, exc)
                 got = None  # rolled back with its connection: claim the usual way below
@@ -144,6 +147,15 @@ class Claims(Part):
         if timeout is not None and timeout < 10 * self.holder.hold:
             return False
         return self.definitions.plain_successors(wf, task_id)
+
+    def _leaf(self, execution_id: str, task_id: str, digest: str | None) -> bool:
+        """The task has no successors (its success may join a commit batch), as far as the
+        definitions in memory tell."""
+        meta = self._meta.get(execution_id)
+        known = meta.digest if meta is not None else digest
+        if known is None:
+            return False
+        return not self.definitions.get(known).successors(task_id)
 
     @staticmethod
     def _claim_again(

@@ -33,7 +33,13 @@ class Client:
         store_retry_seconds: float = STORE_RETRY_SECONDS,
     ) -> None:
         from flowq.embedded import EmbeddedWorker
-        from workers.app import CeleryDispatcher, claim_hold_seconds, create_app, runtime_of
+        from workers.app import (
+            CeleryDispatcher,
+            claim_hold_seconds,
+            commit_batch_seconds,
+            create_app,
+            runtime_of,
+        )
 
         self.settings = settings or Settings.from_env()
         self.settings.check(broker=not self.settings.embedded)
@@ -49,8 +55,10 @@ class Client:
         # Embedded: one private in-memory queue per client, consumed by its own worker thread.
         queue = f"flowq-embedded-{uuid.uuid4().hex[:8]}" if self.settings.embedded else None
         # the embedded worker claims through this coordinator: it holds claims like a worker
-        hold = claim_hold_seconds() if queue else 0.0
-        self.coordinator = Coordinator(self.store, CeleryDispatcher(self.app, queue), hold=hold)
+        hold, batch = (claim_hold_seconds(), commit_batch_seconds()) if queue else (0.0, 0.0)
+        self.coordinator = Coordinator(
+            self.store, CeleryDispatcher(self.app, queue), hold=hold, batch=batch
+        )
         self._worker: EmbeddedWorker | None = None
         if queue is not None:
             runtime_of(self.app).use(self.coordinator)

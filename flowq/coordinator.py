@@ -50,13 +50,17 @@ LOST_TYPE = "WorkerLostError"  # the error of an attempt lost with its worker (C
 class Coordinator(Claims, Ends, Control):
     """Drives executions through their states; shared by the client, the CLI and the workers."""
 
-    def __init__(self, store: Store, dispatcher: Dispatcher, *, hold: float = 0.0) -> None:
+    def __init__(
+        self, store: Store, dispatcher: Dispatcher, *, hold: float = 0.0, batch: float = 0.0
+    ) -> None:
         """``hold``: seconds a worker's claim may stay uncommitted, to be committed with its
-        task's success (Postgres; ``flowq.store.held``); 0 commits every claim at once."""
+        task's success (Postgres; ``flowq.store.held``); 0 commits every claim at once.
+        ``batch``: seconds the successes of tasks without successors may wait to be committed
+        together (a commit batch, at most ``hold``); 0 commits each by itself."""
         self.store = store
         self.dispatcher = dispatcher
         self.definitions = Definitions(store)
-        self.holder = Holder(store, hold) if hold > 0 and not store.is_sqlite else None
+        self.holder = Holder(store, hold, batch) if hold > 0 and not store.is_sqlite else None
         self._held: dict[tuple[str, str], HeldClaim] = {}
         self._meta: OrderedDict[str, Meta] = OrderedDict()
         self._meta_lock = threading.Lock()

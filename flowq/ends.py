@@ -14,7 +14,7 @@ from flowq.definition import Workflow
 from flowq.execution import Definitions, Dispatch, Part, Step
 from flowq.store import Tx, hotpath
 from flowq.store.held import HeldClaim, Holder
-from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta, Succeeded
+from flowq.store.hotpath import CONNECTION_ERRORS, Ended, Meta
 
 log = logging.getLogger("flowq.coordinator")
 
@@ -61,10 +61,12 @@ class Ends(Part):
         it (``end_later``, ``succeeded``).
 
         Nothing is dispatched after such a success, so nothing waits for its result: the
-        commit is on its way when this returns, and the pool process takes its next message
-        without a thread hand-off or a read of its own. A statement handed back (the
-        execution's last task where another one failed, say) or lost with its connection
-        takes the transactional end when its result is read.
+        pool process takes its next message without a thread hand-off or a read of its own.
+        With commit batches (the holder's ``batch`` > 0) the success joins its connection's
+        batch, committed with the next ones (``Holder.finish_batched``); else its commit is
+        sent at once. A success handed back (the execution's last task where another one
+        failed, say), in a batch rolled back, or lost with its connection takes the
+        transactional end when its result is read.
         """
         held = self._held.get((execution_id, task_id))
         meta = self._meta.get(execution_id)
@@ -74,7 +76,7 @@ class Ends(Part):
             return False
         self._release(execution_id, task_id)
 
-        def after(done: Succeeded | None, error: BaseException | None) -> None:
+        def after(done: object | None, error: BaseException | None) -> None:
             if done is None:
                 if error is not None:
                     log.warning("success of %s/%s: %s", execution_id, task_id, error)
@@ -84,12 +86,23 @@ class Ends(Part):
             then()
 
         try:
-            self.holder.finish_later(
-                held,
-                lambda tx, claiming: tx.send_succeed_fast(execution_id, task_id, result, claiming),
-                hotpath.succeeded_of,
-                after,
-            )
+            if self.holder.batch > 0:  # into the connection's commit batch
+                self.holder.finish_batched(
+                    held,
+                    lambda tx, claiming: tx.send_succeed_leaf(
+                        execution_id, task_id, result, claiming
+                    ),
+                    after,
+                )
+            else:
+                self.holder.finish_later(
+                    held,
+                    lambda tx, claiming: tx.send_succeed_fast(
+                        execution_id, task_id, result, claiming
+                    ),
+                    hotpath.succeeded_of,
+                    after,
+                )
         except CONNECTION_ERRORS as exc:
             after(None, exc)
         return True

@@ -59,6 +59,9 @@ PUBLISH_BATCH = 25
 # (flowq.store.held): FLOWQ_CLAIM_HOLD_SECONDS; 0 commits every claim by itself (see the
 # README's "Held claims" for the trade-off).
 CLAIM_HOLD_SECONDS = 0.1
+# How long the successes of tasks without successors may wait to be committed together
+# (flowq.store.held's commit batches): FLOWQ_COMMIT_BATCH_SECONDS; 0 commits each by itself.
+COMMIT_BATCH_SECONDS = 0.01
 # Marks of held claims outlive the broker's visibility timeout (the crashed message's
 # redelivery) and a day of waiting (a paused execution, a republish): see workers.markers.
 MARK_TTL_MIN_SECONDS = 24 * 3600.0
@@ -67,6 +70,12 @@ MARK_TTL_MIN_SECONDS = 24 * 3600.0
 def claim_hold_seconds() -> float:
     """This process's claim hold: FLOWQ_CLAIM_HOLD_SECONDS, else CLAIM_HOLD_SECONDS."""
     return env_seconds("FLOWQ_CLAIM_HOLD_SECONDS", CLAIM_HOLD_SECONDS)
+
+
+def commit_batch_seconds() -> float:
+    """This process's commit batch window: FLOWQ_COMMIT_BATCH_SECONDS, else
+    COMMIT_BATCH_SECONDS."""
+    return env_seconds("FLOWQ_COMMIT_BATCH_SECONDS", COMMIT_BATCH_SECONDS)
 
 
 EMBEDDED_TRANSPORT_OPTIONS = {"polling_interval": 0.002}
@@ -306,7 +315,9 @@ class Runtime:
                 if self._coordinator is None or self._pid != os.getpid():
                     store = Store(self.settings.database_url)
                     dispatcher = CeleryDispatcher(self.app)
-                    self._coordinator = Coordinator(store, dispatcher, hold=claim_hold_seconds())
+                    self._coordinator = Coordinator(
+                        store, dispatcher, hold=claim_hold_seconds(), batch=commit_batch_seconds()
+                    )
                     self._pid = os.getpid()
         return self._coordinator
 

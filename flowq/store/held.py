@@ -28,6 +28,22 @@ sends its statement and the Sync that commits it at once, and reads the result l
 through it on the connection's next read (the next claim's, usually) or, on a connection left
 idle, from the timer (within ``hold``). What follows the commit (a handed-back success taken
 down the transactional path, the claim's mark dropped) runs then, on the thread that read it.
+
+Commit batches (``batch`` > 0, ``FLOWQ_COMMIT_BATCH_SECONDS``): such a success goes out with no
+Sync at all (``finish_batched``): it joins its connection's open transaction, a batch, which
+the next claim on that connection also joins if it is for another task without successors.
+A success there writes its task's row and history only; what the batch's successes take from
+their executions' counts of tasks left (and an execution's completion, as of its last task's
+end) is written once, just before the batch's Sync (``_seal``: the executions' rows locked
+in id order, then counted), so no execution row stays locked while the batch waits for more.
+The batch is sealed and committed by the first of: a claim that finds it ``batch`` seconds old
+or full (``BATCH_MAX``), a claim that may not join it, any other commit on the connection (a
+claim written by the timer or before a failure: ``commit``), or the timer once it is due on a
+connection with no claim open. Its successes' ``then`` run once its Sync is read: each gets
+True, or None when the batch was rolled back (a count handed back, as for ``finish_later``; an
+error; the connection lost), and then takes the transactional end, its claim made again if it
+went with the batch. A process that dies with a batch open loses it as it loses a held claim:
+its tasks are `queued` again, their marks name the attempts, and they run again.
 """
 
 from __future__ import annotations
@@ -43,13 +59,17 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
 
+import psycopg
+
 from flowq.store import hotpath
 from flowq.store.store import Store, Tx
-from flowq.store.wire import Pending, Wire
+from flowq.store.wire import Pending, SyncSent, Wire
 
 log = logging.getLogger("flowq.store")
 T = TypeVar("T")
 CLOSE_DRAIN_SECONDS = 30.0  # how long ``close`` waits for the ends handed off
+# A commit batch is sealed once it holds this many successes (or is ``batch`` seconds old)
+BATCH_MAX = 32
 
 
 @dataclass(eq=False)
@@ -67,6 +87,7 @@ class HeldClaim:
     lost: bool = False  # rolled back with the end statement that was to commit it
     since: float = field(default_factory=time.monotonic)
     ended: threading.Event | None = None  # set once an end handed off (``hand_off``) is over
+    holder: Holder | None = None  # whose connection: its commit seals a commit batch first
 
     @property
     def claiming(self) -> hotpath.Claiming:
@@ -83,8 +104,13 @@ class HeldClaim:
                 self.open = False
                 try:
                     hotpath.write_claim(self.conn, self.execution_id, self.task_id, self.claiming)
-                    hotpath.observe(hotpath.SYNC, True)
-                    self.conn.sync()
+                    if self.holder is not None:
+                        sealed = self.holder.commit(self.conn)
+                        # a commit batch rolled back took the claim's write with it
+                        self.lost = sealed is not None and sealed.rolled_back()
+                    else:
+                        hotpath.observe(hotpath.SYNC, True)
+                        self.conn.sync()
                 except BaseException:
                     self.lost = True
                     raise
@@ -108,13 +134,98 @@ class _Later:
     claimed: bool  # the claim was open: the end statement wrote it
     since: float = field(default_factory=time.monotonic)
 
+    @property
+    def conn(self) -> Wire:
+        return self.held.conn
+
+    def finish(self, holder: Holder) -> None:
+        holder._read_later(self)
+
+
+@dataclass(eq=False)
+class _Leaf:
+    """A success of a task without successors, sent into a commit batch (``finish_batched``)."""
+
+    held: HeldClaim
+    pending: Pending
+    then: Callable[[Any, BaseException | None], None]
+    claimed: bool  # the claim was open: the success statement wrote it
+    at: datetime  # when the task ended
+
+
+@dataclass(eq=False)
+class _Batch:
+    """Successes sent on one connection and not committed yet: one transaction."""
+
+    conn: Wire
+    leaves: list[_Leaf] = field(default_factory=list)
+    since: float = field(default_factory=time.monotonic)
+
+
+@dataclass(eq=False)
+class _Sealed:
+    """A commit batch with its count statement and Sync sent (or lost with its connection):
+    read it, then run each success's ``then`` (see the module)."""
+
+    conn: Wire
+    leaves: list[_Leaf]
+    ended: list[bool] | None = None  # per leaf: its statement ended its task
+    count: Pending | None = None  # the executions' counts (None: no leaf ended a task)
+    sync: SyncSent | None = None  # the Sync that commits it
+    error: BaseException | None = None  # the transaction is lost: every leaf takes the long way
+    since: float = field(default_factory=time.monotonic)
+
+    def rolled_back(self) -> bool:
+        """Whether the batch's transaction was rolled back, as far as read: only sure once
+        its Sync is read (``Holder.commit``'s wait)."""
+        if self.error is not None:
+            return True
+        if self.count is None:
+            return False
+        try:
+            return self.count.done and not hotpath.batch_counted(self.count)
+        except psycopg.Error:
+            return True
+
+    def finish(self, holder: Holder) -> None:
+        """Read whether the batch committed, then run each success's ``then``: with True for
+        a success committed, else with None (and the error, if any): the caller then takes
+        the transactional end, making a claim that went with the batch again."""
+        error, committed = self.error, False
+        if error is None:
+            try:
+                if self.sync is None:
+                    raise psycopg.OperationalError("the commit batch's Sync was not sent")
+                counted = self.count is None or hotpath.batch_counted(self.count)
+                self.conn.read_sync(self.sync)
+                committed = counted
+            except BaseException as exc:  # a lost connection, or the count's own error
+                error = exc
+            if error is not None and self.conn.broken:
+                holder._drop(self.conn)
+        if not committed:
+            log.info(
+                "a commit batch of %d task successes was rolled back (%s); each takes the "
+                "transactional end",
+                len(self.leaves),
+                "handed back or aborted" if error is None else str(error).splitlines()[0],
+            )
+        ended = self.ended if committed and self.ended is not None else [False] * len(self.leaves)
+        for leaf, done in zip(self.leaves, ended, strict=True):
+            leaf.held.lost = leaf.held.lost or (leaf.claimed and not done)
+            try:
+                leaf.then(True if done else None, error)
+            except Exception:  # whatever it was, the successes after it still need their end
+                log.exception("what follows a task's end failed")
+
 
 class Holder:
     """Each thread's pipeline connection, and the timer that commits claims held too long."""
 
-    def __init__(self, store: Store, hold: float) -> None:
+    def __init__(self, store: Store, hold: float, batch: float = 0.0) -> None:
         self.store = store
         self.hold = hold
+        self.batch = min(batch, hold)  # a commit batch's longest wait for more; 0: none
         self._local = threading.local()
         self._pid = os.getpid()
         self._open: dict[int, HeldClaim] = {}  # claims the timer may have to commit
@@ -128,7 +239,12 @@ class Holder:
             queue.SimpleQueue()
         )
         self._finisher: threading.Thread | None = None
-        self._later: dict[int, _Later] = {}  # ends sent and not read yet (``finish_later``)
+        self._later: dict[int, _Later | _Sealed] = {}  # ends sent and not read yet
+        # commit batches open, and the last claim made, by connection (``id``)
+        self._batches: dict[int, _Batch] = {}
+        self._current: dict[int, HeldClaim] = {}
+        self._batch_lock = threading.RLock()
+        self._tick = threading.Event()  # wakes the timer early: a commit batch to time
 
     def claim(
         self,
@@ -138,20 +254,28 @@ class Holder:
         now: datetime,
         celery_id: str | None,
         worker: str | None,
+        leaf: bool = False,
     ) -> tuple[T, HeldClaim] | None:
         """Run the claim ``fn`` of ``execution_id``/``task_id`` in a new implicit transaction
         and leave it open; ``fn``'s ``Tx.claim_queued`` only locks the row (``Tx.holding``).
 
+        ``leaf``: the task has no successors, so its claim may join the connection's open
+        commit batch (unless that batch is due); any other claim seals it first.
         None when ``fn`` claimed nothing (its empty transaction is ended at once).
         """
         before: HeldClaim | None = getattr(self._local, "held", None)
         if before is not None and before.ended is not None:  # its end is on the finisher
             before.ended.wait()  # the connection is the finisher's until that end is over
         conn = self._connection()
-        if before is not None:  # one claim per transaction: an earlier one is committed now
+        if before is not None:  # one open claim per transaction: an earlier one is written now
             before.commit()
         tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now, holding=True)
-        held = HeldClaim(conn, execution_id, task_id, now, celery_id, worker)
+        held = HeldClaim(conn, execution_id, task_id, now, celery_id, worker, holder=self)
+        with self._batch_lock:
+            batch = self._batches.get(id(conn))
+            if batch is not None and (not leaf or self._due(batch, time.monotonic())):
+                self.commit(conn, wait=False)
+            self._current[id(conn)] = held  # open: the timer leaves this connection alone
         self._local.held = held
         try:
             out = fn(tx)
@@ -161,10 +285,9 @@ class Holder:
         finally:
             tx.close()
             self.collect(conn)  # the claim's read passed through earlier ends' results
-        if out is None:  # nothing locked, nothing to write: end the empty transaction
+        if out is None:  # nothing locked, nothing to write: end the transaction
             held.open = False
-            hotpath.observe(hotpath.SYNC, True)
-            conn.sync()
+            self.commit(conn)
             return None
         self._schedule(held)
         return out, held
@@ -204,8 +327,7 @@ class Holder:
         """
 
         def commit() -> None:
-            hotpath.observe(hotpath.SYNC, True)
-            held.conn.sync()
+            self.commit(held.conn)
 
         with self._ending(held) as (tx, was_open):
             out = fn(tx, commit, held.claiming if was_open else None)
@@ -237,6 +359,107 @@ class Holder:
         with self._wake:
             self._later[id(later)] = later
 
+    def finish_batched(
+        self,
+        held: HeldClaim,
+        send: Callable[[Tx, hotpath.Claiming | None], Pending],
+        then: Callable[[Any, BaseException | None], None],
+    ) -> None:
+        """``finish_later`` for the success of a task without successors, into the
+        connection's commit batch (see the module): ``send`` sends its statement
+        (``hotpath.send_succeed_leaf``); no Sync goes with it. ``then`` gets True once the
+        batch committed, or None (and the error, if any) when it did not: the caller then takes
+        the transactional end, ``held.lost`` telling whether the claim went with the batch.
+        An error sending raises here (the claim is ``lost`` if it was open).
+        """
+        opened = False
+        with self._ending(held) as (tx, was_open), self._batch_lock:
+            batch = self._batches.get(id(held.conn))
+            if batch is None:
+                batch = self._batches[id(held.conn)] = _Batch(held.conn)
+                opened = True
+            pending = send(tx, held.claiming if was_open else None)
+            pending.deferred = True
+            batch.leaves.append(_Leaf(held, pending, then, was_open, tx.now))
+            if self._due(batch, time.monotonic()):  # full, or late behind a long task
+                self.commit(held.conn, wait=False)
+                opened = False
+        if opened:
+            self._tick.set()  # the timer seals it if no claim comes in time
+
+    def _due(self, batch: _Batch, now: float) -> bool:
+        return len(batch.leaves) >= BATCH_MAX or batch.since + self.batch <= now
+
+    def _idle(self, batch: _Batch) -> bool:
+        """No claim is open on the batch's connection (its row locked, not written)."""
+        current = self._current.get(id(batch.conn))
+        return current is None or not current.open
+
+    def commit(self, conn: Wire, wait: bool = True) -> _Sealed | None:
+        """Commit what is open on ``conn`` (a Sync), sealing its commit batch first, if one is
+        open: every Sync on a held claim's connection goes through here. ``wait``: read the
+        results up to the Sync (raising the first error of a statement not deferred). The
+        batch sealed, if any."""
+        with self._batch_lock:
+            sealed = self._seal(conn)
+            hotpath.observe(hotpath.SYNC, True)
+            try:
+                marker = conn.sync() if wait else conn.send_sync()
+            except BaseException as exc:
+                if sealed is not None and sealed.sync is None:
+                    sealed.error = sealed.error or exc
+                raise
+            finally:
+                if sealed is not None:
+                    with self._wake:
+                        self._later[id(sealed)] = sealed
+            if sealed is not None:
+                sealed.sync = marker
+            return sealed
+
+    def _seal(self, conn: Wire) -> _Sealed | None:
+        """Close ``conn``'s commit batch, if one is open: read what its successes did and send
+        what they take from their executions' counts; the caller sends the Sync."""
+        batch = self._batches.pop(id(conn), None)
+        if batch is None:
+            return None
+        sealed = _Sealed(conn, batch.leaves)
+        try:
+            ended = [hotpath.leaf_ended(leaf.pending) for leaf in batch.leaves]
+            counts: dict[str, tuple[int, datetime]] = {}
+            for leaf, done in zip(batch.leaves, ended, strict=True):
+                if done:
+                    n, at = counts.get(leaf.held.execution_id, (0, leaf.at))
+                    counts[leaf.held.execution_id] = (n + 1, max(at, leaf.at))
+            sealed.ended = ended
+            if counts:
+                sealed.count = hotpath.send_count_batch(conn, counts)
+        except psycopg.Error as exc:  # the transaction is lost (a statement's error, the link)
+            sealed.error = exc
+        return sealed
+
+    def _abort_batch(self, conn: Wire, error: BaseException) -> None:
+        """``conn``'s commit batch, if one is open, went with its connection: its successes
+        take the transactional end (when the ends are next collected)."""
+        with self._batch_lock:
+            batch = self._batches.pop(id(conn), None)
+            self._current.pop(id(conn), None)
+        if batch is not None:
+            sealed = _Sealed(conn, batch.leaves, error=error)
+            with self._wake:
+                self._later[id(sealed)] = sealed
+
+    def _seal_idle(self, now: float, everything: bool = False) -> None:
+        """Commit the batches due (``everything``: all) on connections without an open claim
+        (a claim's own commit seals the batch it is in)."""
+        with self._batch_lock:
+            for batch in list(self._batches.values()):
+                if (everything or self._due(batch, now)) and self._idle(batch):
+                    try:
+                        self.commit(batch.conn, wait=everything)
+                    except Exception as exc:  # the batch's successes find out when read
+                        log.warning("could not commit a batch: %s", str(exc).splitlines()[0])
+
     def collect(self, conn: Wire | None = None, sent_before: float | None = None) -> None:
         """Read the ends ``finish_later`` sent (on ``conn``; else on every connection) and run
         what follows them; only those sent before ``sent_before`` (``time.monotonic``), if
@@ -247,13 +470,13 @@ class Holder:
             taken = [
                 later
                 for later in self._later.values()
-                if (conn is None or later.held.conn is conn)
+                if (conn is None or later.conn is conn)
                 and (sent_before is None or later.since < sent_before)
             ]
             for later in taken:
                 del self._later[id(later)]
         for later in taken:
-            self._read_later(later)
+            later.finish(self)
 
     def _read_later(self, later: _Later) -> None:
         held, out, error = later.held, None, None
@@ -291,6 +514,7 @@ class Holder:
             done = threading.Event()
             self._ends.put((done, lambda: None))  # the finisher takes ends in order
             over = done.wait(timeout)
+        self._seal_idle(time.monotonic(), everything=True)
         self.collect()
         return over
 
@@ -318,7 +542,16 @@ class Holder:
         with held.lock:
             if held.open:
                 held.open = False
-                self._drop(held.conn)
+                with self._batch_lock:
+                    batched = id(held.conn) in self._batches
+                if not batched:
+                    self._drop(held.conn)
+                    return
+                try:  # commit the batch it is in: the claim only locked its row, now released
+                    self.commit(held.conn)
+                except hotpath.CONNECTION_ERRORS as exc:
+                    log.warning("a commit batch was lost with its connection: %s", exc)
+                    self._drop(held.conn)
 
     # -- connections -----------------------------------------------------------------------------
     def _forked(self) -> None:
@@ -327,7 +560,8 @@ class Holder:
             self._local, self._conns = threading.local(), []
             self._open, self._timer, self._pid = {}, None, os.getpid()
             self._ends, self._finisher = queue.SimpleQueue(), None
-            self._later = {}
+            self._later, self._batches, self._current = {}, {}, {}
+            self._batch_lock, self._tick = threading.RLock(), threading.Event()
 
     def _connection(self) -> Wire:
         self._forked()
@@ -347,6 +581,7 @@ class Holder:
         return conn
 
     def _drop(self, conn: Wire) -> None:
+        self._abort_batch(conn, psycopg.OperationalError("the connection was closed"))
         if getattr(self._local, "conn", None) is conn:
             self._local.conn = None
         with self._conns_lock:
@@ -359,6 +594,11 @@ class Holder:
         if self._pid != os.getpid():
             return
         self.drain(CLOSE_DRAIN_SECONDS)
+        with self._batch_lock:  # a batch with a claim still open goes with its connection
+            batched = [batch.conn for batch in self._batches.values()]
+        for conn in batched:
+            self._abort_batch(conn, psycopg.OperationalError("the connection was closed"))
+        self.collect()
         with self._wake:  # claims still open go with their connections: not the timer's
             for held in self._open.values():
                 if held.open:
@@ -383,10 +623,26 @@ class Holder:
         """Every half ``hold``: commit the claims held for ``hold`` seconds or more (so a
         claim is committed between ``hold`` and 1.5 x ``hold`` after it was made, and the
         timer wakes at a fixed rate whatever the task rate), and read the ends sent half a
-        ``hold`` ago or more that no other read passed through (``finish_later``)."""
+        ``hold`` ago or more that no other read passed through (``finish_later``). In
+        between, while commit batches are open, it wakes when the oldest is due and commits
+        those due on connections without an open claim."""
+        rounds = time.monotonic() + self.hold / 2
         while True:
-            time.sleep(self.hold / 2)
+            self._tick.clear()
             now = time.monotonic()
+            with self._batch_lock:  # a batch behind an open claim is that claim's to seal
+                dues = [
+                    b.since + self.batch if self._idle(b) else now + self.batch
+                    for b in self._batches.values()
+                ]
+            wake = min([rounds, *dues])
+            if wake > now:
+                self._tick.wait(wake - now)
+            now = time.monotonic()
+            self._seal_idle(now)
+            if now < rounds:
+                continue
+            rounds = now + self.hold / 2
             try:
                 self.collect(sent_before=now - self.hold / 2)
             except Exception:

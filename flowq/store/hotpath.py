@@ -25,11 +25,14 @@ from psycopg.rows import namedtuple_row
 from psycopg.types.json import Jsonb
 
 from flowq.store.statements import (
+    BATCH_COUNT,
+    BATCH_LOCK,
     CLAIM_LOCKS,
     CLAIM_WRITE,
     CLAIMS,
     COMPLETED_REASON,
     END_FAST,
+    END_LEAF,
     END_TASK,
     GENERAL_PATH,
     QUEUE_PENDING,
@@ -325,6 +328,67 @@ def _or_handed_back(fn: Callable[[], T]) -> T | None:
         if exc.sqlstate == GENERAL_PATH:
             return None
         raise
+
+
+def send_succeed_leaf(
+    wire: Wire,
+    now: datetime,
+    execution_id: str,
+    task_id: str,
+    result: Any,
+    claiming: Claiming | None = None,
+) -> Pending:
+    """Send the success of a task without successors into a commit batch (``flowq.store.held``):
+    its row and history, not its execution's count (``send_count_batch`` settles that for the
+    whole batch). ``leaf_ended`` reads whether it wrote anything."""
+    params = {"now": now, "e": execution_id, "t": task_id, "result": Jsonb(result)}
+    if claiming is not None:
+        params.update(_claiming_params(execution_id, task_id, claiming))
+    pending = _execute(wire, END_LEAF[claiming is not None], params)
+    assert isinstance(pending, Pending)
+    return pending
+
+
+def leaf_ended(sent: Pending) -> bool:
+    """Whether ``send_succeed_leaf``'s statement ended its task (False: it was not running);
+    raise the statement's error."""
+    row: Any = sent.fetchone()
+    return row is not None and bool(row.ended)
+
+
+def send_count_batch(wire: Wire, ended: dict[str, tuple[int, datetime]]) -> Pending:
+    """Send what a commit batch's successes take from their executions' counts of tasks left
+    (``ended``: execution id -> its tasks ended in the batch, and when the last one ended: the
+    execution's completion, if it was its last task, is recorded as of then); read it with
+    ``batch_counted``. Sent just before the batch's Sync: the executions' rows stay locked
+    only until that commit."""
+    ids = sorted(ended)
+    locked = _execute(wire, BATCH_LOCK, {"ids": ids})
+    assert isinstance(locked, Pending)
+    locked.deferred = True  # its error, if any, aborts the count: ``batch_counted`` says so
+    params = {
+        "ids": ids,
+        "ns": [str(ended[i][0]) for i in ids],
+        "ats": [ended[i][1].isoformat() for i in ids],
+        "completed": COMPLETED_REASON,
+    }
+    pending = _execute(wire, BATCH_COUNT, params)
+    assert isinstance(pending, Pending)
+    pending.deferred = True
+    return pending
+
+
+def batch_counted(sent: Pending) -> bool:
+    """Whether ``send_count_batch``'s statement counted the batch: False when it was handed
+    back (an execution's last task where another one did not succeed, say) or never ran (an
+    earlier statement of the transaction failed); the batch was then rolled back."""
+    try:
+        row: Any = sent.fetchone()
+    except psycopg.Error as exc:
+        if exc.sqlstate == GENERAL_PATH:
+            return False
+        raise
+    return row is not None
 
 
 def queue_pending(

@@ -221,6 +221,61 @@ END_FAST = tuple(
     _by_ids(_fill(_END_FAST, {"{ready}": _READY, **fields}), "task_id")
     for fields in (_RUNNING_FIELDS, _CLAIMED_FIELDS)
 )
+# A success of a task without successors in a commit batch (flowq.store.held): the task's row
+# and history only, as END_FAST writes them. What it takes from its execution's count of tasks
+# left (and the execution's completion) is settled once per batch, just before the batch's
+# commit: BATCH_LOCK locks the batch's executions in id order (two batches never wait on each
+# other in a circle), then BATCH_COUNT, a statement of its own and so with a snapshot taken
+# after those locks, sees every other task's end that committed before it.
+_END_LEAF = """
+WITH c AS (
+    UPDATE flowq_task_runs
+       SET state = 'succeeded', error = NULL, result = %(result)s,
+           finished_at = %(now)s, updated_at = %(now)s{claim}
+     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = '{from}'
+ RETURNING attempts
+), h AS (
+    INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+    SELECT %(e)s, v.task_id, v.from_state, v.to_state, v.reason, v.at
+      FROM ({claimed}SELECT 0 AS n, %(t)s::text AS task_id, 'running' AS from_state,
+                   'succeeded' AS to_state, NULL::text AS reason, %(now)s AS at FROM c) v
+     ORDER BY v.n
+)
+SELECT count(*) AS ended FROM c
+"""
+BATCH_LOCK = """
+SELECT id FROM flowq_executions WHERE id = ANY(%(ids)s::text[]) ORDER BY id FOR NO KEY UPDATE
+"""
+BATCH_COUNT = """
+WITH v AS (  -- each execution, its tasks ended in the batch, and when the last one ended
+    SELECT u.id, u.n, u.at
+      FROM unnest(%(ids)s::text[], %(ns)s::int[], %(ats)s::timestamptz[]) AS u(id, n, at)
+), x AS (  -- an execution's last task, every other one succeeded or skipped, completes it
+    UPDATE flowq_executions x
+       SET tasks_remaining = x.tasks_remaining - v.n, updated_at = v.at,
+           state = CASE WHEN x.tasks_remaining = v.n AND (x.state || '') = 'running' THEN
+                       CASE WHEN NOT EXISTS (
+                                SELECT 1 FROM flowq_task_runs r
+                                 WHERE r.execution_id = x.id
+                                   AND (r.state || '') NOT IN ('succeeded', 'skipped'))
+                            THEN 'completed' ELSE x.state END
+                   ELSE x.state END
+      FROM v
+     WHERE x.id = v.id
+ RETURNING x.id, x.tasks_remaining, x.state, v.at
+), h AS (
+    INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
+    SELECT x.id, NULL, 'running', 'completed', %(completed)s, x.at
+      FROM x WHERE x.tasks_remaining = 0 AND x.state = 'completed'
+     ORDER BY x.id
+)
+SELECT count(*) AS counted,
+       CASE WHEN EXISTS (SELECT 1 FROM x WHERE x.tasks_remaining = 0 AND x.state <> 'completed')
+                 THEN flowq_general_path('an execution has no task left')
+       END AS handed_back
+  FROM x
+"""
+END_LEAF = tuple(_fill(_END_LEAF, fields) for fields in (_RUNNING_FIELDS, _CLAIMED_FIELDS))
 GENERAL_PATH = "FQ001"  # the SQLSTATE flowq_general_path() raises
 COMPLETED_REASON = "every task succeeded or was skipped"  # as Coordinator._finish says it
 

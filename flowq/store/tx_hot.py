@@ -125,6 +125,17 @@ class HotPath(TxBase):
         assert isinstance(pending, Pending)
         return pending
 
+    def send_succeed_leaf(
+        self, execution_id: str, task_id: str, result: Any, claiming: hotpath.Claiming | None
+    ) -> Pending:
+        """On a held claim's ``Wire`` only: send the success of a task without successors into
+        its connection's commit batch (``hotpath.send_succeed_leaf``)."""
+        if not isinstance(self.raw, Wire):
+            raise NotImplementedError("send_succeed_leaf runs on a held claim's Wire")
+        return hotpath.send_succeed_leaf(
+            self.raw, self.now, execution_id, task_id, result, claiming
+        )
+
     def start_execution(
         self,
         execution: dict[str, Any],

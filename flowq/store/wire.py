@@ -215,8 +215,11 @@ class Pending:
         return iter(self.rows())
 
 
-class _Sync:
+class SyncSent:
     """Where a Sync was sent: its result ends the transaction before it."""
+
+    def __init__(self) -> None:
+        self.done = False  # its result is read
 
 
 def ends_session(error: psycopg.Error) -> bool:
@@ -244,7 +247,7 @@ class Wire:
         self._prepared: set[bytes] = set()
         # what was sent and is not read yet, in order: a statement (its Pending, and the name
         # it prepared first, if it did) or a Sync
-        self._unread: deque[tuple[Pending | _Sync, bytes | None]] = deque()
+        self._unread: deque[tuple[Pending | SyncSent, bytes | None]] = deque()
         self._broken = False
         # one call at a time, as psycopg's connection lock did: a connection's claims, their
         # timer and the finisher thread take turns, and libpq must never see two at once
@@ -287,26 +290,35 @@ class Wire:
             self._unread.append((pending, prepared))
         return pending
 
-    def sync(self) -> None:
+    def sync(self) -> SyncSent:
         """Commit what was sent since the last Sync (roll it back after an error), reading
         every result up to it; raise the first error among statements not deferred."""
         with self._lock:
-            self._read(self._send_sync())
+            marker = self._send_sync()
+            self._read(marker)
+            return marker
 
-    def send_sync(self) -> None:
+    def send_sync(self) -> SyncSent:
         """Commit what was sent since the last Sync, reading nothing: the results wait for the
         next read (``Pending.deferred`` statements' errors stay with them)."""
         with self._lock:
-            self._send_sync()
+            return self._send_sync()
 
-    def _send_sync(self) -> _Sync:
+    def read_sync(self, marker: SyncSent) -> None:
+        """Read the results up to the Sync ``marker`` (sent before); raise the first error among
+        statements not deferred."""
+        with self._lock:
+            if not marker.done:
+                self._read(marker)
+
+    def _send_sync(self) -> SyncSent:
         try:
             self.pgconn.pipeline_sync()  # the statements and the Sync leave in one write
             self._flush()
         except psycopg.OperationalError:
             self._broken = True
             raise
-        marker = _Sync()
+        marker = SyncSent()
         self._unread.append((marker, None))
         return marker
 
@@ -324,15 +336,16 @@ class Wire:
                 raise
             self._read(pending)
 
-    def _read(self, last: Pending | _Sync) -> None:
+    def _read(self, last: Pending | SyncSent) -> None:
         first_error: psycopg.Error | None = None
         while self._unread:
             pending, prepared = self._unread.popleft()
-            if isinstance(pending, _Sync):  # a Sync's result: the transaction is over
+            if isinstance(pending, SyncSent):  # a Sync's result: the transaction is over
                 res = self._next()
                 if res is None or res.status != _SYNC_DONE:
                     self._broken = True
                     raise psycopg.OperationalError("the pipeline's results are out of order")
+                pending.done = True
                 if pending is last:
                     break
                 continue

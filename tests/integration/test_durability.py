@@ -187,6 +187,47 @@ def test_a_claim_held_by_a_lost_worker_is_dispatched_again_after_the_lease(
     assert len(republished) == 2, republished  # the first dispatch, and the lost attempt's
 
 
+def test_successes_in_a_commit_batch_lost_with_their_worker_run_again_and_count(
+    cluster: Cluster, client: Client, dedicated: list[Any], tmp_path: Path
+) -> None:
+    # tasks without successors that ended but whose commit batch was still open (a window as
+    # long as the hold here) when the whole worker died: Postgres rolls them back, they are
+    # `queued` again, and the rescuer, once the lease is over, finds their marks, counts each
+    # dead attempt and runs each task again
+    held = {"FLOWQ_CLAIM_HOLD_SECONDS": "60", "FLOWQ_COMMIT_BATCH_SECONDS": "60"}
+    victim = start(
+        cluster, dedicated, "batch_victim", env={**held, "FLOWQ_REDISPATCH_SECONDS": "600"}
+    )
+    lines = tmp_path / "lines"
+    leaves = [f"l{i}" for i in range(3)]
+    tasks = [task(t, "append_line", params={"path": str(lines)}, retries=1) for t in leaves]
+    wf = Workflow.from_dict({"id": "k_batch", "tasks": tasks})
+    client.register(wf, replace=True)
+    eid = client.start("k_batch", {})
+    wait_for(
+        lambda: lines.exists() and len(lines.read_text().splitlines()) == 3,
+        what="the three tasks to run",
+    )
+    time.sleep(0.5)  # their successes sit in the open batch
+    doc = client.status(eid)
+    assert [doc["tasks"][t]["state"] for t in leaves] == ["queued"] * 3, "nothing committed yet"
+    os.killpg(victim.pid, signal.SIGKILL)
+    start(cluster, dedicated, "batch_rescuer", env=held)
+    doc = client.wait(eid, timeout=60)
+    assert doc["state"] == "completed", doc
+    assert all(doc["tasks"][t]["attempts"] == 2 for t in leaves), doc["tasks"]
+    assert sorted(lines.read_text().splitlines()) == sorted(
+        f"{eid}:{t} attempt {n}" for t in leaves for n in (1, 2)
+    )
+    history = client.history(eid)
+    assert_legal_history(history)
+    for t in leaves:
+        lost = [h["reason"] for h in history if h["task_id"] == t and h["from"] == "running"
+                and h["to"] == "queued"]  # fmt: skip
+        assert len(lost) == 1 and "attempt 1, before its claim was committed" in lost[0], lost
+    assert (history[-1]["task_id"], history[-1]["to"]) == (None, "completed")
+
+
 def test_poison_task_fails_after_its_attempts(
     cluster: Cluster, client: Client, dedicated: list[Any]
 ) -> None:
