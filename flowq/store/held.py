@@ -62,7 +62,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from flowq.store import hotpath
-from flowq.store.store import Store, Tx
+from flowq.store.store import Store, Tx, first_line
 from flowq.store.wire import Pending, SyncSent, Wire
 
 log = logging.getLogger("flowq.store")
@@ -99,7 +99,9 @@ class HeldClaim:
 
         On an error (the connection is gone) the claim is ``lost`` and the error raised.
         """
-        with self.lock:
+        # the connection's batch lock first: no timer may seal a batch between the claim's
+        # write and the commit that checks how that batch ended
+        with self.lock, self.conn.batching:
             if self.open:
                 self.open = False
                 try:
@@ -201,14 +203,14 @@ class _Sealed:
                 committed = counted
             except BaseException as exc:  # a lost connection, or the count's own error
                 error = exc
-            if error is not None and self.conn.broken:
-                holder._drop(self.conn)
+        if self.conn.broken and not self.conn.closed:
+            holder._drop(self.conn)
         if not committed:
             log.info(
                 "a commit batch of %d task successes was rolled back (%s); each takes the "
                 "transactional end",
                 len(self.leaves),
-                "handed back or aborted" if error is None else str(error).splitlines()[0],
+                "handed back or aborted" if error is None else first_line(error),
             )
         ended = self.ended if committed and self.ended is not None else [False] * len(self.leaves)
         for leaf, done in zip(self.leaves, ended, strict=True):
@@ -240,10 +242,10 @@ class Holder:
         )
         self._finisher: threading.Thread | None = None
         self._later: dict[int, _Later | _Sealed] = {}  # ends sent and not read yet
-        # commit batches open, and the last claim made, by connection (``id``)
+        # commit batches open, by connection (``id``); each connection's ``batching`` lock
+        # orders the steps on it, this one only guards the map
         self._batches: dict[int, _Batch] = {}
-        self._current: dict[int, HeldClaim] = {}
-        self._batch_lock = threading.RLock()
+        self._batches_lock = threading.Lock()
         self._tick = threading.Event()  # wakes the timer early: a commit batch to time
 
     def claim(
@@ -271,11 +273,11 @@ class Holder:
             before.commit()
         tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now, holding=True)
         held = HeldClaim(conn, execution_id, task_id, now, celery_id, worker, holder=self)
-        with self._batch_lock:
+        with conn.batching:
             batch = self._batches.get(id(conn))
             if batch is not None and (not leaf or self._due(batch, time.monotonic())):
                 self.commit(conn, wait=False)
-            self._current[id(conn)] = held  # open: the timer leaves this connection alone
+            conn.current = held  # open: the timer leaves this connection alone
         self._local.held = held
         try:
             out = fn(tx)
@@ -326,11 +328,15 @@ class Holder:
         the claim was rolled back with it.
         """
 
+        sealed: list[_Sealed | None] = []
+
         def commit() -> None:
-            self.commit(held.conn)
+            sealed.append(self.commit(held.conn))
 
         with self._ending(held) as (tx, was_open):
             out = fn(tx, commit, held.claiming if was_open else None)
+            if any(s is not None and s.rolled_back() for s in sealed):
+                out = None  # a commit batch it went with was rolled back: so was the statement
             held.lost = held.lost or (was_open and out is None)
         self.collect(held.conn)
         return out
@@ -353,8 +359,7 @@ class Holder:
         with self._ending(held) as (tx, was_open):
             pending = send(tx, held.claiming if was_open else None)
             pending.deferred = True
-            hotpath.observe(hotpath.SYNC, True)
-            held.conn.send_sync()
+            self.commit(held.conn, wait=False)
         later = _Later(held, pending, read, then, was_open)
         with self._wake:
             self._later[id(later)] = later
@@ -373,26 +378,31 @@ class Holder:
         An error sending raises here (the claim is ``lost`` if it was open).
         """
         opened = False
-        with self._ending(held) as (tx, was_open), self._batch_lock:
-            batch = self._batches.get(id(held.conn))
-            if batch is None:
-                batch = self._batches[id(held.conn)] = _Batch(held.conn)
-                opened = True
+        with self._ending(held) as (tx, was_open), held.conn.batching:
             pending = send(tx, held.claiming if was_open else None)
             pending.deferred = True
-            batch.leaves.append(_Leaf(held, pending, then, was_open, tx.now))
+            with self._batches_lock:
+                batch = self._batches.get(id(held.conn))
+                if batch is None:
+                    batch = self._batches[id(held.conn)] = _Batch(held.conn)
+                    opened = True
+                batch.leaves.append(_Leaf(held, pending, then, was_open, tx.now))
             if self._due(batch, time.monotonic()):  # full, or late behind a long task
-                self.commit(held.conn, wait=False)
                 opened = False
+                try:
+                    self.commit(held.conn, wait=False)
+                except psycopg.Error as exc:  # the batch, this success in it, learns it when read
+                    log.warning("could not commit a batch: %s", first_line(exc))
         if opened:
             self._tick.set()  # the timer seals it if no claim comes in time
 
     def _due(self, batch: _Batch, now: float) -> bool:
         return len(batch.leaves) >= BATCH_MAX or batch.since + self.batch <= now
 
-    def _idle(self, batch: _Batch) -> bool:
+    @staticmethod
+    def _idle(batch: _Batch) -> bool:
         """No claim is open on the batch's connection (its row locked, not written)."""
-        current = self._current.get(id(batch.conn))
+        current = batch.conn.current
         return current is None or not current.open
 
     def commit(self, conn: Wire, wait: bool = True) -> _Sealed | None:
@@ -400,27 +410,28 @@ class Holder:
         open: every Sync on a held claim's connection goes through here. ``wait``: read the
         results up to the Sync (raising the first error of a statement not deferred). The
         batch sealed, if any."""
-        with self._batch_lock:
+        with conn.batching:
             sealed = self._seal(conn)
             hotpath.observe(hotpath.SYNC, True)
+            marker = None
             try:
                 marker = conn.sync() if wait else conn.send_sync()
             except BaseException as exc:
-                if sealed is not None and sealed.sync is None:
+                if sealed is not None and marker is None:
                     sealed.error = sealed.error or exc
                 raise
             finally:
-                if sealed is not None:
+                if sealed is not None:  # to be read (its Sync set first: a reader needs it)
+                    sealed.sync = marker
                     with self._wake:
                         self._later[id(sealed)] = sealed
-            if sealed is not None:
-                sealed.sync = marker
             return sealed
 
     def _seal(self, conn: Wire) -> _Sealed | None:
         """Close ``conn``'s commit batch, if one is open: read what its successes did and send
         what they take from their executions' counts; the caller sends the Sync."""
-        batch = self._batches.pop(id(conn), None)
+        with self._batches_lock:
+            batch = self._batches.pop(id(conn), None)
         if batch is None:
             return None
         sealed = _Sealed(conn, batch.leaves)
@@ -441,9 +452,9 @@ class Holder:
     def _abort_batch(self, conn: Wire, error: BaseException) -> None:
         """``conn``'s commit batch, if one is open, went with its connection: its successes
         take the transactional end (when the ends are next collected)."""
-        with self._batch_lock:
+        with self._batches_lock:
             batch = self._batches.pop(id(conn), None)
-            self._current.pop(id(conn), None)
+        conn.current = None
         if batch is not None:
             sealed = _Sealed(conn, batch.leaves, error=error)
             with self._wake:
@@ -452,13 +463,17 @@ class Holder:
     def _seal_idle(self, now: float, everything: bool = False) -> None:
         """Commit the batches due (``everything``: all) on connections without an open claim
         (a claim's own commit seals the batch it is in)."""
-        with self._batch_lock:
-            for batch in list(self._batches.values()):
-                if (everything or self._due(batch, now)) and self._idle(batch):
+        with self._batches_lock:
+            batches = list(self._batches.values())
+        for batch in batches:
+            with batch.conn.batching:  # then check again: a claim may have come meanwhile
+                if self._batches.get(id(batch.conn)) is not batch or not self._idle(batch):
+                    continue
+                if everything or self._due(batch, now):
                     try:
                         self.commit(batch.conn, wait=everything)
                     except Exception as exc:  # the batch's successes find out when read
-                        log.warning("could not commit a batch: %s", str(exc).splitlines()[0])
+                        log.warning("could not commit a batch: %s", first_line(exc))
 
     def collect(self, conn: Wire | None = None, sent_before: float | None = None) -> None:
         """Read the ends ``finish_later`` sent (on ``conn``; else on every connection) and run
@@ -542,7 +557,7 @@ class Holder:
         with held.lock:
             if held.open:
                 held.open = False
-                with self._batch_lock:
+                with self._batches_lock:
                     batched = id(held.conn) in self._batches
                 if not batched:
                     self._drop(held.conn)
@@ -560,8 +575,8 @@ class Holder:
             self._local, self._conns = threading.local(), []
             self._open, self._timer, self._pid = {}, None, os.getpid()
             self._ends, self._finisher = queue.SimpleQueue(), None
-            self._later, self._batches, self._current = {}, {}, {}
-            self._batch_lock, self._tick = threading.RLock(), threading.Event()
+            self._later, self._batches = {}, {}
+            self._batches_lock, self._tick = threading.Lock(), threading.Event()
 
     def _connection(self) -> Wire:
         self._forked()
@@ -594,11 +609,8 @@ class Holder:
         if self._pid != os.getpid():
             return
         self.drain(CLOSE_DRAIN_SECONDS)
-        with self._batch_lock:  # a batch with a claim still open goes with its connection
+        with self._batches_lock:  # a batch with a claim still open goes with its connection
             batched = [batch.conn for batch in self._batches.values()]
-        for conn in batched:
-            self._abort_batch(conn, psycopg.OperationalError("the connection was closed"))
-        self.collect()
         with self._wake:  # claims still open go with their connections: not the timer's
             for held in self._open.values():
                 if held.open:
@@ -608,6 +620,9 @@ class Holder:
             conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
+        for conn in batched:  # rolled back with their connections, which hold no lock now
+            self._abort_batch(conn, psycopg.OperationalError("the connection was closed"))
+        self.collect()
 
     # -- the timer -------------------------------------------------------------------------------
     def _schedule(self, held: HeldClaim) -> None:
@@ -630,7 +645,7 @@ class Holder:
         while True:
             self._tick.clear()
             now = time.monotonic()
-            with self._batch_lock:  # a batch behind an open claim is that claim's to seal
+            with self._batches_lock:  # a batch behind an open claim is that claim's to seal
                 dues = [
                     b.since + self.batch if self._idle(b) else now + self.batch
                     for b in self._batches.values()

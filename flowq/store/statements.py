@@ -252,7 +252,7 @@ WITH v AS (  -- each execution, its tasks ended in the batch, and when the last 
       FROM unnest(%(ids)s::text[], %(ns)s::int[], %(ats)s::timestamptz[]) AS u(id, n, at)
 ), x AS (  -- an execution's last task, every other one succeeded or skipped, completes it
     UPDATE flowq_executions x
-       SET tasks_remaining = x.tasks_remaining - v.n, updated_at = v.at,
+       SET tasks_remaining = x.tasks_remaining - v.n, updated_at = greatest(x.updated_at, v.at),
            state = CASE WHEN x.tasks_remaining = v.n AND (x.state || '') = 'running' THEN
                        CASE WHEN NOT EXISTS (
                                 SELECT 1 FROM flowq_task_runs r
@@ -262,10 +262,12 @@ WITH v AS (  -- each execution, its tasks ended in the batch, and when the last 
                    ELSE x.state END
       FROM v
      WHERE x.id = v.id
- RETURNING x.id, x.tasks_remaining, x.state, v.at
-), h AS (
+ RETURNING x.id, x.tasks_remaining, x.state, x.updated_at
+), h AS (  -- completed as of its last task's end, which may have been counted by another batch
     INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
-    SELECT x.id, NULL, 'running', 'completed', %(completed)s, x.at
+    SELECT x.id, NULL, 'running', 'completed', %(completed)s,
+           greatest(x.updated_at, (SELECT max(r.finished_at) FROM flowq_task_runs r
+                                    WHERE r.execution_id = x.id))
       FROM x WHERE x.tasks_remaining = 0 AND x.state = 'completed'
      ORDER BY x.id
 )

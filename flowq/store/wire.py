@@ -252,6 +252,10 @@ class Wire:
         # one call at a time, as psycopg's connection lock did: a connection's claims, their
         # timer and the finisher thread take turns, and libpq must never see two at once
         self._lock = threading.Lock()
+        # flowq.store.held's: a commit batch's steps on this connection, one thread at a time
+        # (held across round trips, unlike ``_lock``), and the last claim made on it
+        self.batching = threading.RLock()
+        self.current: Any = None
         self._readable = select.poll()
         self._readable.register(self.pgconn.socket, select.POLLIN)
         self._writable = select.poll()

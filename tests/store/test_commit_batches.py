@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from flowq.store import Store, utcnow
 from flowq.store.held import BATCH_MAX, HeldClaim, Holder
 from flowq.store.statements import COMPLETED_REASON
-from tests.store.test_fast_success import _setup, history, rows, running, store
+from tests.store.test_fast_success import _setup, history, pending, rows, running, store
 from tests.store.test_held import queued, wait_for, xmins
 
 pytestmark = pytest.mark.integration
@@ -267,12 +267,16 @@ def test_abandoning_a_claim_in_a_batch_commits_the_batch_and_releases_the_claim(
     assert execution(store) == ("running", 1)
 
 
-def test_batches_of_two_connections_on_one_execution_count_it_exactly(store: Store) -> None:
-    # two pool processes' batches take turns on the execution's row; the last one to count
-    # sees the other's tasks and completes the execution, once
+@pytest.mark.parametrize("shared", [False, True], ids=["two-processes", "two-threads"])
+def test_batches_of_two_connections_on_one_execution_count_it_exactly(
+    store: Store, shared: bool
+) -> None:
+    # two pool processes' (or two threads') batches take turns on the execution's row; the
+    # last one to count sees the other's tasks and completes the execution, once
     tasks = [f"t{i:02}" for i in range(40)]
     _setup(store, {t: queued() for t in tasks})
-    holders = [Holder(store, hold=30, batch=0.005), Holder(store, hold=30, batch=0.005)]
+    one = Holder(store, hold=30, batch=0.005)
+    holders = [one, one] if shared else [one, Holder(store, hold=30, batch=0.005)]
     got: Got = []
     errors: list[BaseException] = []
 
@@ -292,7 +296,7 @@ def test_batches_of_two_connections_on_one_execution_count_it_exactly(store: Sto
         for thread in threads:
             thread.join(30)
     finally:
-        for holder in holders:
+        for holder in set(holders):
             holder.close()
     assert errors == []
     assert sorted(t for t, out, _ in got if out) == tasks
@@ -300,3 +304,85 @@ def test_batches_of_two_connections_on_one_execution_count_it_exactly(store: Sto
     ends = [h for h in history(store) if h[0] is None]
     assert ends == [(None, "running", "completed", COMPLETED_REASON)]
     assert history(store)[-1] == ends[0]
+
+
+def test_a_claim_committed_with_a_batch_that_is_rolled_back_is_lost(store: Store) -> None:
+    # a and c are the execution's last tasks to count while f failed: the count hands the
+    # batch back, and b's claim, written in the same transaction, goes with it
+    tasks = {"a": queued(), "c": queued(), "b": queued(), "f": {**running(), "state": "failed"}}
+    _setup(store, tasks, remaining=2)
+    holder = Holder(store, hold=30, batch=30)
+    got: Got = []
+    try:
+        succeed_batched(holder, claim_of(holder, "a"), got)
+        succeed_batched(holder, claim_of(holder, "c"), got)
+        held_b = claim_of(holder, "b")
+        held_b.commit()
+        assert held_b.lost and not held_b.open
+        assert holder.drain(10)
+        assert got == [("a", None, None), ("c", None, None)]
+    finally:
+        holder.close()
+    assert [rows(store)[t][0] for t in "acb"] == ["queued"] * 3
+    assert history(store) == []
+
+
+def test_a_success_with_successors_in_a_batch_rolled_back_is_not_taken_for_done(
+    store: Store,
+) -> None:
+    # b joined a's batch (its claim said it had no successors) but ends with a successor, in
+    # the batch's transaction: the count hands the batch back, b's statement goes with it
+    tasks = {"a": queued(), "b": queued(), "z": pending(1), "f": {**running(), "state": "failed"}}
+    _setup(store, tasks, remaining=2)
+    holder = Holder(store, hold=30, batch=30)
+    got: Got = []
+    try:
+        succeed_batched(holder, claim_of(holder, "a"), got)
+        held_b = claim_of(holder, "b")
+        done = holder.finish(
+            held_b,
+            lambda tx, commit, claiming: tx.succeed_fast(
+                "e1", "b", ["z"], {"v": 1}, commit, claiming
+            ),
+        )
+        assert done is None and held_b.lost
+        assert holder.drain(10) and got == [("a", None, None)]
+    finally:
+        holder.close()
+    assert [rows(store)[t][0] for t in "abz"] == ["queued", "queued", "pending"]
+    assert history(store) == []
+
+
+def test_close_rolls_back_a_batch_behind_an_open_claim_before_its_successes_go_on(
+    store: Store,
+) -> None:
+    # a pool process exits while a task runs: its batch goes with the connection, and only
+    # then do its successes take the transactional end, which needs their rows
+    _setup(store, {"a": queued(), "b": queued()})
+    holder = Holder(store, hold=30, batch=30)
+    got: Got = []
+    touched: list[int] = []
+
+    def then(out: Any, error: BaseException | None) -> None:
+        got.append(("a", out, error))
+        with store.engine.begin() as conn:
+            conn.execute(sa.text("SET LOCAL lock_timeout = '5s'"))
+            touched.append(
+                conn.execute(
+                    sa.text("UPDATE flowq_task_runs SET worker = 'next' WHERE task_id = 'a'")
+                ).rowcount
+            )
+
+    held_a = claim_of(holder, "a")
+    holder.finish_batched(
+        held_a,
+        lambda tx, claiming: tx.send_succeed_leaf("e1", "a", {"v": "a"}, claiming),
+        then,
+    )
+    claim_of(holder, "b")  # joins the batch, and is still running at close
+    started = time.monotonic()
+    holder.close()
+    assert time.monotonic() - started < 4
+    assert [(t, out) for t, out, _ in got] == [("a", None)] and touched == [1]
+    assert held_a.lost
+    assert rows(store)["a"][0] == "queued" and rows(store)["b"][0] == "queued"
