@@ -149,17 +149,20 @@ SELECT task_id FROM q
 END_TASK = _by_ids(_END_TASK, "task_id")
 QUEUE_PENDING = _by_ids(_QUEUE_PENDING, "task_id")
 
-# A successor the success makes ready under ``all_success`` (its values before the update): the
-# last upstream task, and none failed or was skipped
-_READY = "(state || '') = 'pending' AND deps_remaining = 1 AND deps_failed = 0 AND deps_skipped = 0"
-_END_FAST = """
-WITH c AS (
+# A success's own row: queued or running (``{from}``) -> succeeded, the claim written with it
+# if it was held (``{claim}``); the CTE ``c`` of END_FAST and END_LEAF
+_SUCCEEDED = """WITH c AS (
     UPDATE flowq_task_runs
        SET state = 'succeeded', error = NULL, result = %(result)s,
            finished_at = %(now)s, updated_at = %(now)s{claim}
      WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = '{from}'
  RETURNING attempts
-), s AS (
+)"""
+# A successor the success makes ready under ``all_success`` (its values before the update): the
+# last upstream task, and none failed or was skipped
+_READY = "(state || '') = 'pending' AND deps_remaining = 1 AND deps_failed = 0 AND deps_skipped = 0"
+_END_FAST = """
+{succeeded}, s AS (
     UPDATE flowq_task_runs
        SET deps_remaining = deps_remaining - 1,
            deps_succeeded = deps_succeeded + 1,
@@ -218,7 +221,7 @@ _CLAIMED_FIELDS = {
 }
 _RUNNING_FIELDS = {"{claim}": "", "{from}": "running", "{claimed}": ""}
 END_FAST = tuple(
-    _by_ids(_fill(_END_FAST, {"{ready}": _READY, **fields}), "task_id")
+    _by_ids(_fill(_END_FAST, {"{succeeded}": _SUCCEEDED, "{ready}": _READY, **fields}), "task_id")
     for fields in (_RUNNING_FIELDS, _CLAIMED_FIELDS)
 )
 # A success of a task without successors in a commit batch (flowq.store.held): the task's row
@@ -228,13 +231,7 @@ END_FAST = tuple(
 # other in a circle), then BATCH_COUNT, a statement of its own and so with a snapshot taken
 # after those locks, sees every other task's end that committed before it.
 _END_LEAF = """
-WITH c AS (
-    UPDATE flowq_task_runs
-       SET state = 'succeeded', error = NULL, result = %(result)s,
-           finished_at = %(now)s, updated_at = %(now)s{claim}
-     WHERE execution_id = %(e)s AND task_id = %(t)s AND (state || '') = '{from}'
- RETURNING attempts
-), h AS (
+{succeeded}, h AS (
     INSERT INTO flowq_history (execution_id, task_id, from_state, to_state, reason, at)
     SELECT %(e)s, v.task_id, v.from_state, v.to_state, v.reason, v.at
       FROM ({claimed}SELECT 0 AS n, %(t)s::text AS task_id, 'running' AS from_state,
@@ -277,7 +274,10 @@ SELECT count(*) AS counted,
        END AS handed_back
   FROM x
 """
-END_LEAF = tuple(_fill(_END_LEAF, fields) for fields in (_RUNNING_FIELDS, _CLAIMED_FIELDS))
+END_LEAF = tuple(
+    _fill(_END_LEAF, {"{succeeded}": _SUCCEEDED, **fields})
+    for fields in (_RUNNING_FIELDS, _CLAIMED_FIELDS)
+)
 GENERAL_PATH = "FQ001"  # the SQLSTATE flowq_general_path() raises
 COMPLETED_REASON = "every task succeeded or was skipped"  # as Coordinator._finish says it
 

@@ -11,10 +11,11 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
-from flowq.store import Store, utcnow
+from flowq.store import Store
 from flowq.store.held import BATCH_MAX, HeldClaim, Holder
 from flowq.store.statements import COMPLETED_REASON
 from tests.store.test_fast_success import _setup, history, pending, rows, running, store
+from tests.store.test_held import claim_of as held_claim_of
 from tests.store.test_held import queued, wait_for, xmins
 
 pytestmark = pytest.mark.integration
@@ -24,17 +25,8 @@ Got = list[tuple[str, Any, BaseException | None]]
 
 
 def claim_of(holder: Holder, task_id: str, *, leaf: bool = True) -> HeldClaim:
-    got = holder.claim(
-        lambda tx: tx.claim_queued("e1", task_id, [], celery_id=f"c-{task_id}", worker="w1"),
-        "e1",
-        task_id,
-        utcnow(),
-        f"c-{task_id}",
-        "w1",
-        leaf=leaf,
-    )
-    assert got is not None
-    return got[1]
+    """A held claim of ``task_id`` (by default of a task without successors)."""
+    return held_claim_of(holder, task_id, leaf=leaf)[1]
 
 
 def succeed_batched(holder: Holder, held: HeldClaim, got: Got) -> None:

@@ -176,7 +176,7 @@ def test_a_handed_back_success_takes_the_held_claim_with_it(store: Store) -> Non
     assert rows(store)["f"][0] == "running"
 
 
-def claim_of(holder: Holder, task_id: str) -> tuple[Claimed, HeldClaim]:
+def claim_of(holder: Holder, task_id: str, *, leaf: bool = False) -> tuple[Claimed, HeldClaim]:
     got = holder.claim(
         lambda tx: tx.claim_queued("e1", task_id, [], celery_id=f"c-{task_id}", worker="w1"),
         "e1",
@@ -184,6 +184,7 @@ def claim_of(holder: Holder, task_id: str) -> tuple[Claimed, HeldClaim]:
         utcnow(),
         f"c-{task_id}",
         "w1",
+        leaf=leaf,
     )
     assert got is not None
     return got
