@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from flowq import states as S
+from flowq.definition import Workflow
 from flowq.errors import NotFound
 from flowq.execution import Claim, Definitions, Dispatch, Part, Step
 from flowq.store import Tx, utcnow
@@ -138,24 +139,26 @@ class Claims(Part):
         for a hard time limit to kill the attempt before the timer commits its claim."""
         if self.holder is None:
             return False
-        meta = self._meta.get(execution_id)
-        known = meta.digest if meta is not None else digest
-        if known is None:
+        wf = self._known_definition(execution_id, digest)
+        if wf is None:
             return False
-        wf = self.definitions.get(known)
         timeout = wf.task(task_id).timeout
         if timeout is not None and timeout < 10 * self.holder.hold:
             return False
         return self.definitions.plain_successors(wf, task_id)
 
+    def _known_definition(self, execution_id: str, digest: str | None) -> Workflow | None:
+        """The execution's definition, by its fields in memory or else the message's digest;
+        None if neither is known."""
+        meta = self._meta.get(execution_id)
+        known = meta.digest if meta is not None else digest
+        return None if known is None else self.definitions.get(known)
+
     def _leaf(self, execution_id: str, task_id: str, digest: str | None) -> bool:
         """The task has no successors (its success may join a commit batch), as far as the
         definitions in memory tell."""
-        meta = self._meta.get(execution_id)
-        known = meta.digest if meta is not None else digest
-        if known is None:
-            return False
-        return not self.definitions.get(known).successors(task_id)
+        wf = self._known_definition(execution_id, digest)
+        return wf is not None and not wf.successors(task_id)
 
     @staticmethod
     def _claim_again(

@@ -82,12 +82,12 @@ class HeldClaim:
     began: datetime  # the claim's time, for a re-claim after a rollback
     celery_id: str | None
     worker: str | None
+    holder: Holder  # whose connection: its commit seals a commit batch first
     lock: threading.Lock = field(default_factory=threading.Lock)
     open: bool = True  # the claim is not committed yet (its row locked, not written)
     lost: bool = False  # rolled back with the end statement that was to commit it
     since: float = field(default_factory=time.monotonic)
     ended: threading.Event | None = None  # set once an end handed off (``hand_off``) is over
-    holder: Holder | None = None  # whose connection: its commit seals a commit batch first
 
     @property
     def claiming(self) -> hotpath.Claiming:
@@ -106,13 +106,9 @@ class HeldClaim:
                 self.open = False
                 try:
                     hotpath.write_claim(self.conn, self.execution_id, self.task_id, self.claiming)
-                    if self.holder is not None:
-                        sealed = self.holder.commit(self.conn)
-                        # a commit batch rolled back took the claim's write with it
-                        self.lost = sealed is not None and sealed.rolled_back()
-                    else:
-                        hotpath.observe(hotpath.SYNC, True)
-                        self.conn.sync()
+                    sealed = self.holder.commit(self.conn)
+                    # a commit batch rolled back took the claim's write with it
+                    self.lost = sealed is not None and sealed.rolled_back()
                 except BaseException:
                     self.lost = True
                     raise
@@ -272,7 +268,7 @@ class Holder:
         if before is not None:  # one open claim per transaction: an earlier one is written now
             before.commit()
         tx = Tx(None, raw=conn, connect=self.store.sa_connect, now=now, holding=True)
-        held = HeldClaim(conn, execution_id, task_id, now, celery_id, worker, holder=self)
+        held = HeldClaim(conn, execution_id, task_id, now, celery_id, worker, self)
         with conn.batching:
             batch = self._batches.get(id(conn))
             if batch is not None and (not leaf or self._due(batch, time.monotonic())):
