@@ -39,7 +39,7 @@ class Mode:
 
 MODES = {
     "quick": Mode("quick", (100, 1000), (100, 1000), 2, 1, 1, 200, 300, 300, 4),
-    "full": Mode("full", (100, 1000, 10000), (100, 1000, 10000), 3, 3, 2, 200, 1800, 300, 9),
+    "full": Mode("full", (100, 1000, 10000), (100, 1000, 10000), 5, 3, 2, 200, 1800, 300, 15),
 }
 DIAMOND_LAYERS, DIAMOND_WIDTH = 10, 99  # 10 x (99 + join) = 1,000 tasks
 LATTICE_LAYERS, LATTICE_WIDTH = 27, 37  # 999 + a sink = 1,000 tasks

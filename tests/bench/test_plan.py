@@ -12,8 +12,8 @@ def _repeats(mode: str, *argv: str) -> dict[str, int]:
 
 def test_short_runs_are_repeated_more_than_the_rest() -> None:
     full = _repeats("full")
-    assert full["chain 100"] == full["chord 100"] == MODES["full"].small_repeats == 9
-    assert full["chain 1,000"] == full["chord 1,000"] == full["100 executions x 20"] == 3
+    assert full["chain 100"] == full["chord 100"] == MODES["full"].small_repeats == 15
+    assert full["chain 1,000"] == full["chord 1,000"] == full["100 executions x 20"] == 5
     assert full["chain 10,000"] == full["chord 10,000"] == 2
     quick = _repeats("quick")
     assert quick["chord 100"] == 4 and quick["chord 1,000"] == 2
