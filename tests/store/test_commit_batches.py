@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psycopg
@@ -40,6 +42,17 @@ def succeed_batched(holder: Holder, held: HeldClaim, got: Got) -> None:
     )
 
 
+@contextmanager
+def batching(store: Store, batch: float = 30) -> Iterator[tuple[Holder, Got]]:
+    """A holder whose commit batches wait ``batch`` seconds for more (30: only a claim or
+    ``drain`` seals one), and the list its successes' ends land in; closed on the way out."""
+    holder = Holder(store, hold=30, batch=batch)
+    try:
+        yield holder, []
+    finally:
+        holder.close()
+
+
 def execution(store: Store) -> tuple[str, int]:
     with store.engine.connect() as conn:
         row = conn.execute(
@@ -53,9 +66,7 @@ def test_successes_in_a_batch_commit_together_and_count_their_execution_once(
 ) -> None:
     tasks = ["a", "b", "c"]
     _setup(store, {t: queued() for t in tasks})
-    holder = Holder(store, hold=30, batch=30)  # only a claim or drain seals it here
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):  # only a claim or drain seals it here
         for task_id in tasks:
             succeed_batched(holder, claim_of(holder, task_id), got)
         # nothing committed yet: the batch is open on the holder's connection
@@ -63,8 +74,6 @@ def test_successes_in_a_batch_commit_together_and_count_their_execution_once(
         assert execution(store) == ("running", 3)
         assert holder.drain(10)
         assert got == [(t, True, None) for t in tasks]
-    finally:
-        holder.close()
     assert [rows(store)[t] for t in tasks] == [("succeeded", 0, 0, {"v": t}) for t in tasks]
     assert execution(store) == ("completed", 0)
     assert history(store) == [
@@ -90,9 +99,7 @@ def test_successes_in_a_batch_commit_together_and_count_their_execution_once(
 
 def test_a_batch_is_sealed_when_due_by_the_next_claim_or_the_timer(store: Store) -> None:
     _setup(store, {t: queued() for t in "abcd"})
-    holder = Holder(store, hold=30, batch=0.2)
-    got: Got = []
-    try:
+    with batching(store, batch=0.2) as (holder, got):
         succeed_batched(holder, claim_of(holder, "a"), got)
         held_b = claim_of(holder, "b")  # young: b's claim joins the batch
         succeed_batched(holder, held_b, got)
@@ -107,8 +114,6 @@ def test_a_batch_is_sealed_when_due_by_the_next_claim_or_the_timer(store: Store)
         wait_for(lambda: rows(store)["c"][0] == "succeeded", timeout=5)
         assert time.monotonic() - started < 2
         assert execution(store) == ("running", 1)
-    finally:
-        holder.close()
     written = xmins(store)
     assert written[("a", "succeeded")] == written[("b", "succeeded")]
     assert written[("c", "succeeded")] != written[("b", "succeeded")]
@@ -117,31 +122,23 @@ def test_a_batch_is_sealed_when_due_by_the_next_claim_or_the_timer(store: Store)
 def test_a_full_batch_is_sealed_at_once(store: Store) -> None:
     tasks = [f"t{i:02}" for i in range(BATCH_MAX + 1)]
     _setup(store, {t: queued() for t in tasks})
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):  # closing it drains: the last batch is committed
         for task_id in tasks:
             succeed_batched(holder, claim_of(holder, task_id), got)
         wait_for(lambda: rows(store)[tasks[BATCH_MAX - 1]][0] == "succeeded")
         assert rows(store)[tasks[BATCH_MAX]][0] == "queued"  # the next batch, still open
-    finally:
-        holder.close()  # drains: the last batch is committed
     assert execution(store) == ("completed", 0)
     assert sorted(t for t, out, _ in got if out) == tasks
 
 
 def test_a_claim_that_may_not_join_seals_the_batch_first(store: Store) -> None:
     _setup(store, {"a": queued(), "b": queued()})
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         succeed_batched(holder, claim_of(holder, "a"), got)
         held_b = claim_of(holder, "b", leaf=False)  # a task with successors: its own commit
         wait_for(lambda: rows(store)["a"][0] == "succeeded")
         assert execution(store) == ("running", 1)
         held_b.commit()
-    finally:
-        holder.close()
     written = xmins(store)
     assert written[("a", "succeeded")] != written[("b", "running")]
 
@@ -150,9 +147,7 @@ def test_a_claim_committed_by_itself_takes_the_batch_with_it(store: Store) -> No
     # a failure or the hold's timer commits the open claim: the batch it is in is sealed
     # and counted first, in the same commit
     _setup(store, {"a": queued(), "b": queued()})
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         succeed_batched(holder, claim_of(holder, "a"), got)
         held_b = claim_of(holder, "b")
         held_b.commit()
@@ -160,8 +155,6 @@ def test_a_claim_committed_by_itself_takes_the_batch_with_it(store: Store) -> No
         assert rows(store)["a"][0] == "succeeded" and rows(store)["b"][0] == "running"
         assert execution(store) == ("running", 1)
         assert holder.drain(10) and got == [("a", True, None)]
-    finally:
-        holder.close()
     written = xmins(store)
     assert written[("a", "succeeded")] == written[("b", "running")]
 
@@ -173,9 +166,7 @@ def test_a_batch_handed_back_is_rolled_back_and_each_success_takes_the_long_way(
     # the count hands the batch back, and each success learns that it was not recorded and
     # that its claim went too (the transactional end makes it again)
     _setup(store, {"a": queued(), "b": queued(), "f": {**running(), "state": "failed"}}, 2)
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         held_a = claim_of(holder, "a")
         succeed_batched(holder, held_a, got)
         held_b = claim_of(holder, "b")
@@ -183,8 +174,6 @@ def test_a_batch_handed_back_is_rolled_back_and_each_success_takes_the_long_way(
         assert holder.drain(10)
         assert got == [("a", None, None), ("b", None, None)]
         assert held_a.lost and held_b.lost
-    finally:
-        holder.close()
     assert rows(store)["a"][0] == "queued" and rows(store)["b"][0] == "queued"
     assert execution(store) == ("running", 2)
     assert history(store) == []
@@ -194,9 +183,7 @@ def test_a_success_that_finds_its_task_moved_on_is_not_counted(store: Store) -> 
     # a's claim was committed before its success (the hold's timer), then a was cancelled:
     # its success ends nothing and takes nothing from the execution's count; b's does
     _setup(store, {"a": queued(), "b": queued()})
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         held_a = claim_of(holder, "a")
         held_a.commit()
         with store.engine.begin() as conn:
@@ -208,17 +195,13 @@ def test_a_success_that_finds_its_task_moved_on_is_not_counted(store: Store) -> 
         assert holder.drain(10)
         assert got == [("a", None, None), ("b", True, None)]
         assert not held_a.lost
-    finally:
-        holder.close()
     assert rows(store)["a"][0] == "cancelled" and rows(store)["b"][0] == "succeeded"
     assert execution(store) == ("running", 1)
 
 
 def test_a_batch_lost_with_its_connection_sends_each_success_the_long_way(store: Store) -> None:
     _setup(store, {"a": queued(), "b": queued(), "c": queued()})
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         held_a = claim_of(holder, "a")
         succeed_batched(holder, held_a, got)
         held_b = claim_of(holder, "b")
@@ -231,8 +214,6 @@ def test_a_batch_lost_with_its_connection_sends_each_success_the_long_way(store:
         assert [(t, out) for t, out, _ in got] == [("a", None)]
         assert isinstance(got[0][2], psycopg.OperationalError)
         assert held_a.lost
-    finally:
-        holder.close()
     assert rows(store)["a"][0] == "queued" and rows(store)["c"][0] == "running"
 
 
@@ -240,9 +221,7 @@ def test_abandoning_a_claim_in_a_batch_commits_the_batch_and_releases_the_claim(
     store: Store,
 ) -> None:
     _setup(store, {"a": queued(), "b": queued()})
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         succeed_batched(holder, claim_of(holder, "a"), got)
         held_b = claim_of(holder, "b")
         holder.abandon(held_b)
@@ -254,8 +233,6 @@ def test_abandoning_a_claim_in_a_batch_commits_the_batch_and_releases_the_claim(
                     "SELECT 1 FROM flowq_task_runs WHERE task_id = 'b' FOR NO KEY UPDATE NOWAIT"
                 )
             )
-    finally:
-        holder.close()
     assert execution(store) == ("running", 1)
 
 
@@ -303,9 +280,7 @@ def test_a_claim_committed_with_a_batch_that_is_rolled_back_is_lost(store: Store
     # batch back, and b's claim, written in the same transaction, goes with it
     tasks = {"a": queued(), "c": queued(), "b": queued(), "f": {**running(), "state": "failed"}}
     _setup(store, tasks, remaining=2)
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         succeed_batched(holder, claim_of(holder, "a"), got)
         succeed_batched(holder, claim_of(holder, "c"), got)
         held_b = claim_of(holder, "b")
@@ -313,8 +288,6 @@ def test_a_claim_committed_with_a_batch_that_is_rolled_back_is_lost(store: Store
         assert held_b.lost and not held_b.open
         assert holder.drain(10)
         assert got == [("a", None, None), ("c", None, None)]
-    finally:
-        holder.close()
     assert [rows(store)[t][0] for t in "acb"] == ["queued"] * 3
     assert history(store) == []
 
@@ -326,9 +299,7 @@ def test_a_success_with_successors_in_a_batch_rolled_back_is_not_taken_for_done(
     # the batch's transaction: the count hands the batch back, b's statement goes with it
     tasks = {"a": queued(), "b": queued(), "z": pending(1), "f": {**running(), "state": "failed"}}
     _setup(store, tasks, remaining=2)
-    holder = Holder(store, hold=30, batch=30)
-    got: Got = []
-    try:
+    with batching(store) as (holder, got):
         succeed_batched(holder, claim_of(holder, "a"), got)
         held_b = claim_of(holder, "b")
         done = holder.finish(
@@ -339,8 +310,6 @@ def test_a_success_with_successors_in_a_batch_rolled_back_is_not_taken_for_done(
         )
         assert done is None and held_b.lost
         assert holder.drain(10) and got == [("a", None, None)]
-    finally:
-        holder.close()
     assert [rows(store)[t][0] for t in "abz"] == ["queued", "queued", "pending"]
     assert history(store) == []
 
