@@ -12,10 +12,20 @@ command, as a new one would. A pool kombu replaces (after a fork, on close) gets
 A worker records each message it takes (``QoS.append``: ``MULTI``, ``ZADD`` of the delivery tag
 to the unacked index, ``HSET`` of the message to the unacked hash, ``EXEC``) and removes it once
 acknowledged (``QoS.ack``: ``MULTI``, ``ZREM``, ``HDEL``, ``EXEC``). kombu sends each as a
-redis-py pipeline, whose Python costs more than the round trip. ``QoS`` sends the same commands,
-in the same transaction, packed by hand in one write on a connection of the channel's own; kombu's
-restore of unacknowledged messages (``restore_visible``, ``restore_unacked``) reads what it wrote
-as it reads its own. With a ``global_keyprefix`` kombu's own code runs.
+redis-py pipeline, whose Python costs more than the round trip, and waits for its replies: two
+round trips per message in the worker's main process, the one process every message passes
+through, while a pool process waits for its next task. ``QoS`` sends the same commands, in the
+same transaction, packed by hand in one write on a connection of the channel's own, and goes on
+without waiting: the replies are read before its next transaction on that connection (by then
+they have arrived), before kombu restores a message (``restore_by_tag``, ``restore_unacked``:
+they read what was written), and every ``SETTLE_SECONDS`` by the worker's event loop when no
+transaction came. Each transaction is idempotent, so those whose replies are lost with their
+connection are sent again, in order, on a new one. An error among the replies is logged, naming
+what it leaves: an ack that failed leaves the message to be redelivered after the visibility
+timeout (flowq runs a task once whatever its messages); a record that failed leaves the message
+unrecorded, as kombu leaves one whose worker dies between taking it and recording it. kombu's
+restore of unacknowledged messages (``restore_visible``, ``restore_unacked``) reads what ``QoS``
+wrote as it reads its own. With a ``global_keyprefix`` kombu's own code runs.
 
 ``workers.app.create_app`` selects it through the app's ``amqp`` class: its connections
 (``Connection``) swap kombu's Redis transport for ``Transport`` below, and keep the URL's own
@@ -37,9 +47,9 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from time import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery.app.amqp import AMQP as CeleryAMQP
@@ -49,6 +59,11 @@ from kombu.transport import virtual
 from kombu.utils.json import dumps
 
 log = logging.getLogger("flowq.worker")
+
+# How often the worker's event loop reads the replies of bookkeeping transactions that no later
+# transaction read (``QoS.settle``)
+SETTLE_SECONDS = 1.0
+_CONNECTION_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 def pack(*commands: tuple[str | bytes | int, ...]) -> bytes:
@@ -62,16 +77,21 @@ def pack(*commands: tuple[str | bytes | int, ...]) -> bytes:
     return b"".join(out)
 
 
-def exchange(connection: Callable[[], Any], data: bytes, replies: int) -> list[Any]:
+def exchange(
+    connection: Callable[[], Any], data: bytes, replies: int, *, raise_errors: bool = True
+) -> list[Any]:
     """Send ``data`` (``pack``'s) on ``connection()``'s connection and read ``replies`` replies;
-    a Redis error reply raises. A connection that fails is made again once (``connection`` is
-    asked again); one left with replies unread is dropped."""
+    a Redis error reply raises (``raise_errors``), else it is returned in its place. A
+    connection that fails is made again once (``connection`` is asked again); one left with
+    replies unread is dropped."""
     for retry in (False, True):
         conn = connection()
         try:
             conn.send_packed_command([data], check_health=False)
+            if not raise_errors:
+                return read_replies(conn, replies)
             return [conn.read_response() for _ in range(replies)]
-        except (redis.ConnectionError, redis.TimeoutError, OSError):
+        except _CONNECTION_ERRORS:
             conn.disconnect()  # connects again on the next send
             if retry:
                 raise
@@ -81,14 +101,49 @@ def exchange(connection: Callable[[], Any], data: bytes, replies: int) -> list[A
     raise AssertionError("unreachable")
 
 
+def read_replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies from ``conn``; an error reply is returned, not raised."""
+    replies: list[Any] = []
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except redis.ResponseError as exc:  # read whole: the next reply is in step
+            replies.append(exc)
+    return replies
+
+
+class Sent(NamedTuple):
+    """A bookkeeping transaction sent and not yet confirmed: its bytes, how many replies it
+    gets, and what it does (for the log)."""
+
+    data: bytes
+    replies: int
+    what: str
+
+
+def failure(replies: Sequence[Any]) -> Exception | None:
+    """The first error among a ``MULTI`` ... ``EXEC`` transaction's replies, if any."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            return reply
+    executed = replies[-1] if replies else None
+    for reply in executed if isinstance(executed, list) else ():
+        if isinstance(reply, Exception):
+            return reply
+    return None
+
+
 class QoS(kombu_redis.QoS):
-    """kombu's acknowledgement emulation, its two transactions sent packed (see the module)."""
+    """kombu's acknowledgement emulation, its two transactions sent packed and confirmed later
+    (see the module)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
         self._flowq_conn: Any = None  # a redis.connection.AbstractConnection of ``pool``'s
         self._flowq_pool: Any = None
         self._flowq_pid = 0
+        # sent on ``_flowq_conn``, replies not read yet, in order
+        self._flowq_sent: list[Sent] = []
         # one transaction at a time on the connection: under a threads pool, acks come from
         # the pool's threads while the consumer appends
         self._flowq_lock = threading.Lock()
@@ -101,6 +156,7 @@ class QoS(kombu_redis.QoS):
         raw = [message._raw, info["exchange"], info["routing_key"]]
         payload = dumps(raw)  # type: ignore[no-untyped-call]
         self._transact(
+            f"recording message {delivery_tag} as unacknowledged",
             ("ZADD", self.unacked_index_key, repr(time()), delivery_tag),
             ("HSET", self.unacked_key, delivery_tag, payload),
         )
@@ -111,10 +167,35 @@ class QoS(kombu_redis.QoS):
             super().ack(delivery_tag)  # type: ignore[no-untyped-call]
             return
         self._transact(
+            f"acknowledging message {delivery_tag}",
             ("ZREM", self.unacked_index_key, delivery_tag),
             ("HDEL", self.unacked_key, delivery_tag),
         )
         virtual.QoS.ack(self, delivery_tag)  # type: ignore[no-untyped-call]
+
+    @property
+    def unconfirmed(self) -> int:
+        """How many transactions were sent and their replies not read yet."""
+        return len(self._flowq_sent)
+
+    def settle(self) -> None:
+        """Read the replies of the transactions sent so far; log their errors (see the
+        module). A connection lost on the way is logged too: its transactions are sent again
+        with the next one."""
+        with self._flowq_lock:
+            try:
+                self._settle()
+            except _CONNECTION_ERRORS as exc:
+                log.warning(
+                    "could not confirm %d message bookkeeping transaction(s) with the broker "
+                    "(%s); they are sent again with the next one",
+                    len(self._flowq_sent),
+                    exc,
+                )
+
+    def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> Any:
+        self.settle()  # the message's record is in Redis before kombu reads it back
+        return super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
 
     def restore_unacked(self, client: Any = None) -> Any:
         connection = self.channel.connection
@@ -127,19 +208,51 @@ class QoS(kombu_redis.QoS):
             )
             self._delivered.clear()
             return []
+        self.settle()
         return super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
-    def _transact(self, *commands: tuple[str, ...]) -> None:
-        """``MULTI``, ``commands``, ``EXEC`` in one write; raise the first error among them.
-
-        A connection that fails is made again once; a reply left unread drops it.
-        """
-        data = pack(("MULTI",), *commands, ("EXEC",))
+    def _transact(self, what: str, *commands: tuple[str, ...]) -> None:
+        """Send ``MULTI``, ``commands``, ``EXEC`` in one write, its replies read later
+        (``_settle``), after reading those of the transactions before it. A connection that
+        fails is made again, and what it left unconfirmed sent again (``_settle``); a second
+        failure raises."""
+        sent = Sent(pack(("MULTI",), *commands, ("EXEC",)), len(commands) + 2, what)
         with self._flowq_lock:
-            replies = exchange(self._connection, data, len(commands) + 2)
-        for reply in replies[-1] or ():  # EXEC's: each command's reply
-            if isinstance(reply, Exception):
-                raise reply
+            self._settle()
+            try:
+                self._connection().send_packed_command([sent.data], check_health=False)
+            except _CONNECTION_ERRORS:
+                self._flowq_sent.append(sent)
+                self._settle()  # on a new connection, waiting for the replies
+                return
+            self._flowq_sent.append(sent)
+
+    def _settle(self) -> None:
+        """``settle`` under the lock. If the connection is lost, what it left unconfirmed is
+        sent again on a new one, waiting for the replies (each transaction is idempotent, and
+        they go in their order); a second failure raises and leaves them unconfirmed."""
+        if self._flowq_pid != os.getpid():
+            self._flowq_sent = []  # sent by the parent process, which reads them
+        sent, self._flowq_sent = self._flowq_sent, []
+        if not sent:
+            return
+        count = sum(s.replies for s in sent)
+        conn = self._flowq_conn
+        try:
+            if conn is None or conn._sock is None:  # dropped: nothing to read them from
+                raise redis.ConnectionError("the connection was closed")
+            replies = read_replies(conn, count)
+        except (redis.RedisError, OSError):  # lost, or out of step: start afresh
+            if conn is not None:
+                conn.disconnect()
+            self._flowq_sent = sent  # still unconfirmed, should the new connection fail too
+            data = b"".join(s.data for s in sent)
+            replies = exchange(self._connection, data, count, raise_errors=False)
+            self._flowq_sent = []
+        for s in sent:
+            error, replies = failure(replies[: s.replies]), replies[s.replies :]
+            if error is not None:
+                log.warning("the broker refused %s: %s", s.what, error)
 
     def _connection(self) -> Any:
         pool = self.channel.pool  # kombu's for commands outside the poller (a new one after a fork)
@@ -169,9 +282,25 @@ class Channel(kombu_redis.Channel):
 
 
 class Transport(kombu_redis.Transport):
-    """kombu's Redis transport with ``Channel`` above."""
+    """kombu's Redis transport with ``Channel`` above; a worker's event loop confirms its
+    channels' bookkeeping every ``SETTLE_SECONDS`` (``QoS.settle``)."""
 
     Channel = Channel
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)  # type: ignore[no-untyped-call]
+        cycle: Any = self.cycle  # kombu's MultiChannelPoller
+        before = getattr(cycle, "_flowq_settle_tref", None)
+        if before is not None:  # a reconnection registers again: one timer, as kombu's own
+            before.cancel()
+        cycle._flowq_settle_tref = loop.call_repeatedly(SETTLE_SECONDS, self.settle)
+
+    def settle(self) -> None:
+        """Confirm what each channel's ``QoS`` sent and did not read back yet."""
+        for channel in list(self.channels):
+            qos = channel._qos
+            if qos is not None and isinstance(qos, QoS):
+                qos.settle()
 
 
 class Connection(KombuConnection):

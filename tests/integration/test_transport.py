@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import socket
 import time
 import uuid
 from typing import Any
 
 import pytest
 import redis
+from kombu.asynchronous import Hub
 from kombu.transport import memory
 from kombu.transport import redis as kombu_redis
 
@@ -76,11 +78,14 @@ def test_a_taken_message_is_recorded_as_kombu_records_it_until_acked(redis_url: 
         client = redis.Redis.from_url(redis_url)
         message = _take(conn, queue)
         tag = message.delivery_tag
+        qos.settle()
+        assert qos.unconfirmed == 0
         # what kombu's restore reads back: [the message, its exchange, its routing key]
         stored = json.loads(client.hget(qos.unacked_key, tag) or b"null")
         assert stored == [message._raw, "", queue]
         assert client.zscore(qos.unacked_index_key, tag) == pytest.approx(time.time(), abs=60)
         message.ack()
+        qos.settle()
         assert client.hget(qos.unacked_key, tag) is None
         assert client.zscore(qos.unacked_index_key, tag) is None
         assert client.llen(queue) == 0
@@ -134,12 +139,130 @@ def test_the_bookkeeping_survives_a_dropped_connection(redis_url: str) -> None:
         qos = conn.default_channel.qos
         client = redis.Redis.from_url(redis_url)
         message = _take(conn, queue)
+        qos.settle()
         own = qos._connection()
         before = _client_id(own)
         assert client.client_kill_filter(_id=str(before)) == 1  # the server drops its connection
-        message.ack()  # sent again on a new connection
+        message.ack()  # sent into the dropped connection, or sent again at once if that failed
+        qos.settle()  # its replies are not there: sent again on a new connection
+        assert qos.unconfirmed == 0
         assert client.hget(qos.unacked_key, message.delivery_tag) is None
+        assert client.zscore(qos.unacked_index_key, message.delivery_tag) is None
         assert _client_id(qos._connection()) != before
+
+
+def _own_keys(app: Any) -> tuple[str, str]:
+    """Give the app's channels an unacked hash and index of their own (a test's alone)."""
+    suffix = uuid.uuid4().hex[:8]
+    keys = (f"flowq-test-unacked-{suffix}", f"flowq-test-unacked-index-{suffix}")
+    app.conf.broker_transport_options = {
+        **(app.conf.broker_transport_options or {}),
+        "unacked_key": keys[0],
+        "unacked_index_key": keys[1],
+    }
+    return keys
+
+
+def test_the_bookkeeping_goes_on_without_waiting_for_redis_and_is_confirmed_later(
+    redis_url: str,
+) -> None:
+    # the worker's main process does not wait for the replies: a paused Redis does not hold
+    # up an ack, and settle() waits for them
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    unacked, index = _own_keys(app)
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        client = redis.Redis.from_url(redis_url)
+        message = _take(conn, queue)
+        qos.settle()
+        assert client.hexists(unacked, message.delivery_tag)
+        client.client_pause(1000, all=False)  # every other client's writes wait a second
+        began = time.monotonic()
+        message.ack()
+        assert time.monotonic() - began < 0.5
+        assert qos.unconfirmed == 1
+        qos.settle()
+        assert time.monotonic() - began > 0.5  # it waited for Redis's replies
+        assert qos.unconfirmed == 0
+        assert not client.hexists(unacked, message.delivery_tag)
+        assert client.zscore(index, message.delivery_tag) is None
+
+
+def test_a_refused_transaction_is_logged_with_what_it_leaves(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    unacked, index = _own_keys(app)
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    client.set(unacked, "not a hash")  # HSET into it fails inside the transaction
+    try:
+        with app.connection_for_write() as conn:
+            qos = conn.default_channel.qos
+            message = _take(conn, queue)
+            qos.settle()
+            line = f"the broker refused recording message {message.delivery_tag} as unacknowledged"
+            assert line in caplog.text
+            assert "WRONGTYPE" in caplog.text
+            # the connection stays in step: the next transaction is confirmed as usual
+            client.delete(unacked)
+            message.ack()
+            qos.settle()
+            assert "acknowledging" not in caplog.text
+            assert client.zscore(index, message.delivery_tag) is None
+    finally:
+        client.delete(unacked, index)
+
+
+def test_a_requeued_message_is_restored_from_an_unconfirmed_record(redis_url: str) -> None:
+    # a rejected message (its pool process was lost) is put back from its record: the
+    # record's transaction is confirmed before kombu reads it back
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    unacked, index = _own_keys(app)
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        client = redis.Redis.from_url(redis_url)
+        message = _take(conn, queue)
+        assert qos.unconfirmed == 1  # the record's transaction
+        message.reject(requeue=True)
+        assert qos.unconfirmed == 0  # confirmed before kombu read the record back
+        assert client.llen(queue) == 1
+        again = conn.default_channel.basic_get(queue, no_ack=False)
+        assert again is not None and again.payload == message.payload
+        again.ack()
+        qos.settle()
+        assert client.hlen(unacked) == 0 and client.zcard(index) == 0
+
+
+def test_a_workers_event_loop_confirms_the_bookkeeping_left_unread(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transport, "SETTLE_SECONDS", 0.05)
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        hub = Hub()
+        try:
+            conn.transport.register_with_event_loop(conn.connection, hub)
+            conn.transport.register_with_event_loop(conn.connection, hub)  # as a reconnection
+            settles = [
+                s.entry
+                for s in hub.timer.queue
+                if getattr(s.entry.fun, "__wrapped__", None) == conn.transport.settle
+                and not s.entry.canceled
+            ]
+            assert len(settles) == 1
+            message = _take(conn, queue)
+            message.ack()
+            qos = conn.default_channel.qos
+            assert qos.unconfirmed == 1  # the ack's: it read the record's replies first
+            time.sleep(0.1)
+            hub.fire_timers()
+            assert qos.unconfirmed == 0
+        finally:
+            hub.close()
 
 
 def test_a_global_key_prefix_keeps_kombus_bookkeeping(redis_url: str) -> None:
@@ -158,3 +281,45 @@ def test_a_global_key_prefix_keeps_kombus_bookkeeping(redis_url: str) -> None:
         message.ack()
         assert client.hget(prefix + qos.unacked_key, message.delivery_tag) is None
         assert qos._flowq_conn is None  # kombu's own pipelines did it
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_bookkeeping_left_unconfirmed_by_a_lost_broker_is_sent_when_it_is_back(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
+    unacked, index = _own_keys(app)
+    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        client = redis.Redis.from_url(redis_url)
+        message = _take(conn, queue)
+        qos.settle()
+        own = qos._connection()
+        client.client_pause(1000, all=False)  # the ack waits in Redis, unanswered...
+        message.ack()
+        assert qos.unconfirmed == 1
+        client.client_kill_filter(_id=str(_client_id_of(client, own)))  # ...and is dropped
+        real_port, own.port = own.port, _free_port()  # nothing listens there: a broker down
+        qos.settle()
+        assert "could not confirm 1 message bookkeeping transaction(s)" in caplog.text
+        assert qos.unconfirmed == 1
+        own.port = real_port  # back
+        qos.settle()
+        assert qos.unconfirmed == 0
+        assert not client.hexists(unacked, message.delivery_tag)
+        assert client.zscore(index, message.delivery_tag) is None
+
+
+def _client_id_of(client: redis.Redis, conn: Any) -> int:
+    """The server's id of ``conn``, found by its local port in CLIENT LIST."""
+    port = conn._sock.getsockname()[1]
+    for entry in client.client_list():
+        if entry["addr"].endswith(f":{port}"):
+            return int(entry["id"])
+    raise AssertionError("the connection is not in CLIENT LIST")
