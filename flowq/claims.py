@@ -87,7 +87,9 @@ class Claims(Part):
             assert meta is not None
             # a copy: the cached vars must not see what a handler does to its own
             vars_copy = copy.deepcopy(meta.vars)
-            return Claim(wf, wf.task(task_id), vars_copy, results, got.attempt, execution_id)
+            task = wf.task(task_id)
+            last = got.remaining == 1
+            return Claim(wf, task, vars_copy, results, got.attempt, execution_id, last=last)
 
         began = utcnow()  # when the attempt started, whatever connecting costs below
         if hold and self.holder is not None:
@@ -100,6 +102,7 @@ class Claims(Part):
                 log.warning("could not hold the claim of %s/%s: %s", execution_id, task_id, exc)
                 got = None  # rolled back with its connection: claim the usual way below
             if got is not None:
+                got[1].last = got[0].last
                 self._held[(execution_id, task_id)] = got[1]
                 return dataclasses.replace(got[0], held=True)
         claim = self.store.transact(queued, single=True, now=began)

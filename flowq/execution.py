@@ -48,6 +48,9 @@ class Claim:
     attempt: int
     execution_id: str
     held: bool = False  # its commit waits for the task's end (``flowq.store.held``)
+    # no other task of the execution was left to end when it was claimed: its end ends the
+    # execution (its success is committed at once, in no commit batch)
+    last: bool = False
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,9 @@ their executions' counts of tasks left (and an execution's completion, as of its
 end) is written once, just before the batch's Sync (``_seal``: the executions' rows locked
 in id order, then counted), so no execution row stays locked while the batch waits for more.
 The batch is sealed and committed by the first of: a claim that finds it ``batch`` seconds old
-or full (``BATCH_MAX``), a claim that may not join it, any other commit on the connection (a
+or full (``BATCH_MAX``), the success of a task that was its execution's last to end when it was
+claimed (the claim reads the execution's count of tasks left: the execution's end waits for no
+more), a claim that may not join it, any other commit on the connection (a
 claim written by the timer or before a failure: ``commit``), or the timer once it is due on a
 connection with no claim open. Its successes' ``then`` run once its Sync is read: each gets
 True, or None when the batch was rolled back (a count handed back, as for ``finish_later``; an
@@ -88,6 +90,7 @@ class HeldClaim:
     lost: bool = False  # rolled back with the end statement that was to commit it
     since: float = field(default_factory=time.monotonic)
     ended: threading.Event | None = None  # set once an end handed off (``hand_off``) is over
+    last: bool = False  # its end ends the execution: its success joins no commit batch's wait
 
     @property
     def claiming(self) -> hotpath.Claiming:
@@ -371,7 +374,9 @@ class Holder:
         (``hotpath.send_succeed_leaf``); no Sync goes with it. ``then`` gets True once the
         batch committed, or None (and the error, if any) when it did not: the caller then takes
         the transactional end, ``held.lost`` telling whether the claim went with the batch.
-        An error sending raises here (the claim is ``lost`` if it was open).
+        The success of an execution's last task (``held.last``) commits the batch at once: the
+        execution's end does not wait for more. An error sending raises here (the claim is
+        ``lost`` if it was open).
         """
         opened = False
         with self._ending(held) as (tx, was_open), held.conn.batching:
@@ -383,7 +388,8 @@ class Holder:
                     batch = self._batches[id(held.conn)] = _Batch(held.conn)
                     opened = True
                 batch.leaves.append(_Leaf(held, pending, then, was_open, tx.now))
-            if self._due(batch, time.monotonic()):  # full, or late behind a long task
+            # full, late behind a long task, or the execution's end: nothing is worth its wait
+            if held.last or self._due(batch, time.monotonic()):
                 opened = False
                 try:
                     self.commit(held.conn, wait=False)

@@ -75,11 +75,13 @@ class Claiming:
 
 @dataclass(frozen=True)
 class Claimed:
-    """A claim made: the attempt number, upstream results, the execution's fields if asked."""
+    """A claim made: the attempt number, upstream results, the execution's fields if asked,
+    and its tasks left to end, this one included, if known."""
 
     attempt: int
     results: dict[str, Any]
     meta: Meta | None = None
+    remaining: int | None = None
 
 
 @dataclass(frozen=True)
@@ -201,7 +203,8 @@ def claim_queued(
     if row is None:
         return None
     meta = Meta.of(row) if with_meta else None
-    return Claimed(int(row.attempts), dict(row.results or {}), meta)
+    remaining = None if row.remaining is None else int(row.remaining)
+    return Claimed(int(row.attempts), dict(row.results or {}), meta, remaining)
 
 
 def _claiming_params(execution_id: str, task_id: str, claiming: Claiming) -> dict[str, Any]:

@@ -34,11 +34,14 @@ WITH c AS (
 )"""
 
 
+# With the attempt number: the execution's tasks left to end, this one included (1: its end
+# ends the execution)
+_REMAINING = "(SELECT xr.tasks_remaining FROM flowq_executions xr WHERE xr.id = %(e)s)"
 _CLAIM = (
     _claim_write("%(now)s", f"{_QUEUED_ROW}\n       AND {_OF_RUNNING}")
-    + """
-SELECT c.attempts, {results} AS results{meta}
-  FROM c{join}
+    + f"""
+SELECT c.attempts, {_REMAINING} AS remaining, {{results}} AS results{{meta}}
+  FROM c{{join}}
 """
 )
 # A held claim (flowq.store.held) only locks its row: the task's success then writes the claim
@@ -53,7 +56,7 @@ WITH c AS (
        AND {_OF_RUNNING}
        FOR NO KEY UPDATE
 )
-SELECT c.attempts, {{results}} AS results{{meta}}
+SELECT c.attempts, {_REMAINING} AS remaining, {{results}} AS results{{meta}}
   FROM c{{join}}
 """
 CLAIM_WRITE = _claim_write("%(began)s", _QUEUED_ROW) + "\nSELECT count(*) FROM c\n"

@@ -50,9 +50,9 @@ class HotPath(TxBase):
         if attempt is None:
             return None
         results = self.results(execution_id, ids)
-        if not with_meta:
-            return Claimed(attempt, results)
-        return Claimed(attempt, results, Meta.of(self.execution(execution_id)))
+        execution = self.execution(execution_id)
+        meta = Meta.of(execution) if with_meta else None
+        return Claimed(attempt, results, meta, int(execution.tasks_remaining))
 
     def end_task(
         self,

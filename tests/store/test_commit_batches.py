@@ -13,6 +13,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 
+from bench.store_cost import ListDispatcher
+from flowq import Workflow
+from flowq.coordinator import Coordinator
 from flowq.store import Store
 from flowq.store.held import BATCH_MAX, HeldClaim, Holder
 from flowq.store.statements import COMPLETED_REASON
@@ -347,3 +350,82 @@ def test_close_rolls_back_a_batch_behind_an_open_claim_before_its_successes_go_o
     assert [(t, out) for t, out, _ in got] == [("a", None)] and touched == [1]
     assert held_a.lost
     assert rows(store)["a"][0] == "queued" and rows(store)["b"][0] == "queued"
+
+
+def test_a_claim_reads_its_executions_tasks_left(store: Store) -> None:
+    _setup(store, {"a": queued(), "b": queued(), "c": running()}, remaining=3)
+    with batching(store) as (holder, _):
+        claimed, held = held_claim_of(holder, "a", leaf=True)
+        assert claimed.remaining == 3  # a, b and c: each still to end
+        holder.abandon(held)
+
+
+def test_the_last_tasks_success_commits_its_batch_at_once(store: Store) -> None:
+    # 30 s batches: only a claim, drain, or the execution's end seals one here
+    _setup(store, {"a": queued(), "b": queued()}, remaining=2)
+    with batching(store) as (holder, got):
+        held_a = claim_of(holder, "a")
+        succeed_batched(holder, held_a, got)
+        time.sleep(0.2)
+        assert rows(store)["a"][0] == "queued"  # a was not the last: its success waits
+        held_b = claim_of(holder, "b")  # joins a's batch
+        held_b.last = True  # as the coordinator sets it from ``remaining`` (tested below)
+        started = time.monotonic()
+        succeed_batched(holder, held_b, got)
+        wait_for(lambda: execution(store) == ("completed", 0), timeout=5)
+        assert time.monotonic() - started < 2
+        assert holder.drain(10)  # the batch's outcome is read later (the next claim, the timer)
+        assert got == [("a", True, None), ("b", True, None)]
+    written = xmins(store)
+    assert written[("a", "succeeded")] == written[("b", "succeeded")], "one batch"
+
+
+def state_of(store: Store, execution_id: str) -> str | None:
+    row = store.read(lambda tx: tx.execution(execution_id))
+    return None if row is None else str(row.state)
+
+
+def _coordinator(store: Store) -> tuple[Coordinator, ListDispatcher]:
+    sent = ListDispatcher()
+    return Coordinator(Store(store.url), sent, hold=30, batch=30), sent
+
+
+def test_a_claim_knows_when_its_task_is_its_executions_last(store: Store) -> None:
+    coordinator, sent = _coordinator(store)
+    task: dict[str, Any] = {"type": "python", "handler": "json:dumps"}
+    tasks = [
+        {"id": "a", **task},
+        {"id": "b", **task},
+        {"id": "c", **task, "depends_on": ["a", "b"]},
+    ]
+    wf = Workflow.from_dict({"id": "lastly", "tasks": tasks})
+    coordinator.register(wf, replace=True)
+    try:
+        eid = coordinator.start("lastly").execution_id
+        roots = {d.task_id: d for d in sent.sent}
+        sent.sent.clear()
+
+        def claim(task_id: str, digest: str) -> Any:
+            got = coordinator.claim(eid, task_id, celery_id=task_id, digest=digest, hold=True)
+            assert got is not None and got.held
+            return got
+
+        a, b = claim("a", roots["a"].digest), claim("b", roots["b"].digest)
+        assert not a.last and not b.last  # three tasks left, then still three
+        for task_id in ("a", "b"):
+
+            def end(task_id: str = task_id) -> None:
+                coordinator.succeeded(eid, task_id, 1)
+
+            assert coordinator.end_later(eid, task_id, end)
+        assert coordinator.holder is not None and coordinator.holder.drain(10)
+        (join,) = sent.sent
+        c = claim("c", join.digest)
+        assert c.last  # only c is left: its success ends the execution
+        started = time.monotonic()
+        assert coordinator.succeed_later(eid, "c", {"c": 3}, lambda: None)
+        # into a batch that waits 30 s for more, yet committed at once
+        wait_for(lambda: state_of(store, eid) == "completed", timeout=5)
+        assert time.monotonic() - started < 2
+    finally:
+        coordinator.close()

@@ -163,7 +163,7 @@ def test_hot_path_claim_end_and_queue_agree_on_both_stores(store: Store) -> None
     got = store.transact(
         lambda tx: tx.claim_queued("e1", "a", ["b"], celery_id="c-1", worker="w1"), single=True
     )
-    assert got == Claimed(1, {})
+    assert got == Claimed(1, {}, remaining=2)  # a and b are still to end
     assert store.transact(
         lambda tx: tx.claim_queued("e1", "a", [], celery_id="c-2", worker="w1"), single=True
     ) is None  # fmt: skip
@@ -191,8 +191,8 @@ def test_hot_path_claim_end_and_queue_agree_on_both_stores(store: Store) -> None
     )
     # with_meta: the execution's fixed fields come with the claim
     assert got is not None and got.meta == Meta("d" * 64, 1, 5, {"n": 1})
-    got = Claimed(got.attempt, got.results)
-    assert got == Claimed(1, {"a": {"x": [1, "two"]}})
+    got = Claimed(got.attempt, got.results, remaining=got.remaining)
+    assert got == Claimed(1, {"a": {"x": [1, "two"]}}, remaining=1)  # only b is left
     ended = store.transact(lambda tx: tx.end_task("e1", "b", "failed", "boom", [], error="boom"))
     assert ended is not None and (ended.remaining, ended.successors) == (0, [])
     row = store.read(lambda tx: tx.task("e1", "b"))
