@@ -39,7 +39,10 @@ collected transport's settings, which are gone: the ``AttributeError`` stopped t
 ("Unrecoverable error"). ``QoS.restore_unacked`` leaves those messages where they are
 instead: in the unacked hash, from which ``restore_visible`` requeues them after the
 visibility timeout (a Redis that restarted empty lost them anyway; flowq's reconciler
-republishes their tasks).
+republishes their tasks). The same goes for what reaches such a channel later, and for what the
+lost connection left unconfirmed: Celery acknowledges a message whose task ends after it
+reconnected through the channel the message came on, and ``QoS`` leaves that ack undone (logged)
+rather than reach for the collected transport's settings.
 """
 
 from __future__ import annotations
@@ -198,18 +201,32 @@ class QoS(kombu_redis.QoS):
         return super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
 
     def restore_unacked(self, client: Any = None) -> Any:
-        connection = self.channel.connection
-        if client is None and (connection is None or connection.client is None):
-            # the transport was collected (see the module): nothing to reach Redis through
+        if client is None and self._gone():
             log.warning(
                 "%d unacknowledged message(s) left for restore after the visibility timeout: "
                 "the broker connection is gone",
                 len(self._delivered),
             )
             self._delivered.clear()
+            with self._flowq_lock:
+                self._settle()  # read if they can be; else left
             return []
         self.settle()
         return super().restore_unacked(client)  # type: ignore[no-untyped-call]
+
+    def _gone(self) -> bool:
+        """The channel's transport was collected (see the module): nothing reaches Redis
+        through it any more. Celery still acknowledges, through the channel they came on, the
+        messages whose tasks end after it reconnected."""
+        connection = self.channel.connection
+        return connection is None or connection.client is None
+
+    def _leave(self, sent: Sequence[Sent]) -> None:
+        """Give up on ``sent``, the channel being gone: their messages are left to Redis's
+        restore of the unacked after the visibility timeout (a task runs once whatever its
+        messages), or to flowq's reconciler for a record that never reached Redis."""
+        for s in sent:
+            log.warning("%s left undone: the broker connection is gone", s.what)
 
     def _transact(self, what: str, *commands: tuple[str, ...]) -> None:
         """Send ``MULTI``, ``commands``, ``EXEC`` in one write, its replies read later
@@ -219,6 +236,9 @@ class QoS(kombu_redis.QoS):
         sent = Sent(pack(("MULTI",), *commands, ("EXEC",)), len(commands) + 2, what)
         with self._flowq_lock:
             self._settle()
+            if self._gone():
+                self._leave([sent])
+                return
             try:
                 self._connection().send_packed_command([sent.data], check_health=False)
             except _CONNECTION_ERRORS:
@@ -245,6 +265,9 @@ class QoS(kombu_redis.QoS):
         except (redis.RedisError, OSError):  # lost, or out of step: start afresh
             if conn is not None:
                 conn.disconnect()
+            if self._gone():  # no new connection to send them on
+                self._leave(sent)
+                return
             self._flowq_sent = sent  # still unconfirmed, should the new connection fail too
             data = b"".join(s.data for s in sent)
             replies = exchange(self._connection, data, count, raise_errors=False)

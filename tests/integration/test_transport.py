@@ -6,7 +6,9 @@ import json
 import socket
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NamedTuple
 
 import pytest
 import redis
@@ -127,6 +129,33 @@ def test_a_channel_closed_after_its_transport_was_collected_leaves_its_messages_
     client.zrem(channel.qos.unacked_index_key, message.delivery_tag)
 
 
+def test_acks_through_a_channel_whose_transport_was_collected_are_left_to_the_restore(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Tasks that end after Celery reconnected are acknowledged through the channel their
+    # messages came on, which is gone; one ack was sent on a connection that Redis then
+    # dropped (a restart), its reply unread. Neither may stop the worker (an AttributeError
+    # from kombu's pool did: "Unrecoverable error").
+    with taken(redis_url) as t:
+        second = _take(t.conn, t.queue)
+        t.qos.settle()
+        own = t.qos._connection()
+        t.client.client_pause(1000, all=False)  # the first ack waits in Redis, unanswered...
+        t.message.ack()
+        assert t.qos.unconfirmed == 1
+        t.client.client_kill_filter(_id=str(_client_id_of(t.client, own)))  # ...and is dropped
+        t.conn._do_close_transport()  # a lost connection: Celery collects the transport
+        t.conn.close()
+        second.ack()
+        first, then = t.message.delivery_tag, second.delivery_tag
+        assert f"acknowledging message {first} left undone" in caplog.text
+        assert f"acknowledging message {then} left undone" in caplog.text
+        assert t.qos.unconfirmed == 0
+        # both stay recorded: Redis's restore of the unacked hands them out again after the
+        # visibility timeout, and flowq runs a task once whatever its messages
+        assert t.client.hexists(t.unacked, first) and t.client.hexists(t.unacked, then)
+
+
 def _client_id(conn: Any) -> int:
     conn.send_command("CLIENT", "ID")
     return int(conn.read_response())
@@ -151,16 +180,43 @@ def test_the_bookkeeping_survives_a_dropped_connection(redis_url: str) -> None:
         assert _client_id(qos._connection()) != before
 
 
-def _own_keys(app: Any) -> tuple[str, str]:
-    """Give the app's channels an unacked hash and index of their own (a test's alone)."""
+class Taken(NamedTuple):
+    """A message taken unacknowledged on a channel whose unacked hash and index are the test's
+    own (``taken``), its record's transaction sent and not confirmed yet."""
+
+    conn: Any
+    qos: transport.QoS
+    client: redis.Redis
+    message: Any
+    queue: str
+    unacked: str
+    unacked_index: str
+
+
+@contextmanager
+def taken(
+    redis_url: str, before: Callable[[redis.Redis, str], Any] | None = None
+) -> Iterator[Taken]:
+    """``Taken``; ``before(client, unacked key)`` runs before the message is taken."""
+    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
     suffix = uuid.uuid4().hex[:8]
-    keys = (f"flowq-test-unacked-{suffix}", f"flowq-test-unacked-index-{suffix}")
+    unacked, index = f"flowq-test-unacked-{suffix}", f"flowq-test-unacked-index-{suffix}"
     app.conf.broker_transport_options = {
         **(app.conf.broker_transport_options or {}),
-        "unacked_key": keys[0],
-        "unacked_index_key": keys[1],
+        "unacked_key": unacked,
+        "unacked_index_key": index,
     }
-    return keys
+    queue = f"flowq-qos-{suffix}"
+    client = redis.Redis.from_url(redis_url)
+    try:
+        if before is not None:
+            before(client, unacked)
+        with app.connection_for_write() as conn:
+            qos = conn.default_channel.qos
+            assert isinstance(qos, transport.QoS)
+            yield Taken(conn, qos, client, _take(conn, queue), queue, unacked, index)
+    finally:
+        client.delete(unacked, index, queue)
 
 
 def test_the_bookkeeping_goes_on_without_waiting_for_redis_and_is_confirmed_later(
@@ -168,72 +224,51 @@ def test_the_bookkeeping_goes_on_without_waiting_for_redis_and_is_confirmed_late
 ) -> None:
     # the worker's main process does not wait for the replies: a paused Redis does not hold
     # up an ack, and settle() waits for them
-    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
-    unacked, index = _own_keys(app)
-    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
-    with app.connection_for_write() as conn:
-        qos = conn.default_channel.qos
-        client = redis.Redis.from_url(redis_url)
-        message = _take(conn, queue)
-        qos.settle()
-        assert client.hexists(unacked, message.delivery_tag)
-        client.client_pause(1000, all=False)  # every other client's writes wait a second
+    with taken(redis_url) as t:
+        t.qos.settle()
+        assert t.client.hexists(t.unacked, t.message.delivery_tag)
+        t.client.client_pause(1000, all=False)  # every other client's writes wait a second
         began = time.monotonic()
-        message.ack()
+        t.message.ack()
         assert time.monotonic() - began < 0.5
-        assert qos.unconfirmed == 1
-        qos.settle()
+        assert t.qos.unconfirmed == 1
+        t.qos.settle()
         assert time.monotonic() - began > 0.5  # it waited for Redis's replies
-        assert qos.unconfirmed == 0
-        assert not client.hexists(unacked, message.delivery_tag)
-        assert client.zscore(index, message.delivery_tag) is None
+        assert t.qos.unconfirmed == 0
+        assert not t.client.hexists(t.unacked, t.message.delivery_tag)
+        assert t.client.zscore(t.unacked_index, t.message.delivery_tag) is None
 
 
 def test_a_refused_transaction_is_logged_with_what_it_leaves(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
-    unacked, index = _own_keys(app)
-    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(redis_url)
-    client.set(unacked, "not a hash")  # HSET into it fails inside the transaction
-    try:
-        with app.connection_for_write() as conn:
-            qos = conn.default_channel.qos
-            message = _take(conn, queue)
-            qos.settle()
-            line = f"the broker refused recording message {message.delivery_tag} as unacknowledged"
-            assert line in caplog.text
-            assert "WRONGTYPE" in caplog.text
-            # the connection stays in step: the next transaction is confirmed as usual
-            client.delete(unacked)
-            message.ack()
-            qos.settle()
-            assert "acknowledging" not in caplog.text
-            assert client.zscore(index, message.delivery_tag) is None
-    finally:
-        client.delete(unacked, index)
+    # HSET into a string fails inside the record's transaction
+    with taken(redis_url, before=lambda client, unacked: client.set(unacked, "not a hash")) as t:
+        tag = t.message.delivery_tag
+        t.qos.settle()
+        assert f"the broker refused recording message {tag} as unacknowledged" in caplog.text
+        assert "WRONGTYPE" in caplog.text
+        # the connection stays in step: the next transaction is confirmed as usual
+        t.client.delete(t.unacked)
+        t.message.ack()
+        t.qos.settle()
+        assert "acknowledging" not in caplog.text
+        assert t.client.zscore(t.unacked_index, tag) is None
 
 
 def test_a_requeued_message_is_restored_from_an_unconfirmed_record(redis_url: str) -> None:
     # a rejected message (its pool process was lost) is put back from its record: the
     # record's transaction is confirmed before kombu reads it back
-    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
-    unacked, index = _own_keys(app)
-    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
-    with app.connection_for_write() as conn:
-        qos = conn.default_channel.qos
-        client = redis.Redis.from_url(redis_url)
-        message = _take(conn, queue)
-        assert qos.unconfirmed == 1  # the record's transaction
-        message.reject(requeue=True)
-        assert qos.unconfirmed == 0  # confirmed before kombu read the record back
-        assert client.llen(queue) == 1
-        again = conn.default_channel.basic_get(queue, no_ack=False)
-        assert again is not None and again.payload == message.payload
+    with taken(redis_url) as t:
+        assert t.qos.unconfirmed == 1  # the record's transaction
+        t.message.reject(requeue=True)
+        assert t.qos.unconfirmed == 0  # confirmed before kombu read the record back
+        assert t.client.llen(t.queue) == 1
+        again = t.conn.default_channel.basic_get(t.queue, no_ack=False)
+        assert again is not None and again.payload == t.message.payload
         again.ack()
-        qos.settle()
-        assert client.hlen(unacked) == 0 and client.zcard(index) == 0
+        t.qos.settle()
+        assert t.client.hlen(t.unacked) == 0 and t.client.zcard(t.unacked_index) == 0
 
 
 def test_a_workers_event_loop_confirms_the_bookkeeping_left_unread(
@@ -292,28 +327,22 @@ def _free_port() -> int:
 def test_bookkeeping_left_unconfirmed_by_a_lost_broker_is_sent_when_it_is_back(
     redis_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    app = create_app(Settings(broker_url=redis_url, database_url="sqlite://"))
-    unacked, index = _own_keys(app)
-    queue = f"flowq-qos-{uuid.uuid4().hex[:8]}"
-    with app.connection_for_write() as conn:
-        qos = conn.default_channel.qos
-        client = redis.Redis.from_url(redis_url)
-        message = _take(conn, queue)
-        qos.settle()
-        own = qos._connection()
-        client.client_pause(1000, all=False)  # the ack waits in Redis, unanswered...
-        message.ack()
-        assert qos.unconfirmed == 1
-        client.client_kill_filter(_id=str(_client_id_of(client, own)))  # ...and is dropped
+    with taken(redis_url) as t:
+        t.qos.settle()
+        own = t.qos._connection()
+        t.client.client_pause(1000, all=False)  # the ack waits in Redis, unanswered...
+        t.message.ack()
+        assert t.qos.unconfirmed == 1
+        t.client.client_kill_filter(_id=str(_client_id_of(t.client, own)))  # ...and is dropped
         real_port, own.port = own.port, _free_port()  # nothing listens there: a broker down
-        qos.settle()
+        t.qos.settle()
         assert "could not confirm 1 message bookkeeping transaction(s)" in caplog.text
-        assert qos.unconfirmed == 1
+        assert t.qos.unconfirmed == 1
         own.port = real_port  # back
-        qos.settle()
-        assert qos.unconfirmed == 0
-        assert not client.hexists(unacked, message.delivery_tag)
-        assert client.zscore(index, message.delivery_tag) is None
+        t.qos.settle()
+        assert t.qos.unconfirmed == 0
+        assert not t.client.hexists(t.unacked, t.message.delivery_tag)
+        assert t.client.zscore(t.unacked_index, t.message.delivery_tag) is None
 
 
 def _client_id_of(client: redis.Redis, conn: Any) -> int:
