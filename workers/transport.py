@@ -41,8 +41,9 @@ instead: in the unacked hash, from which ``restore_visible`` requeues them after
 visibility timeout (a Redis that restarted empty lost them anyway; flowq's reconciler
 republishes their tasks). The same goes for what reaches such a channel later, and for what the
 lost connection left unconfirmed: Celery acknowledges a message whose task ends after it
-reconnected through the channel the message came on, and ``QoS`` leaves that ack undone (logged)
-rather than reach for the collected transport's settings.
+reconnected (or requeues it, its pool process lost) through the channel the message came on, and
+``QoS`` leaves that undone (logged), the message in the unacked hash, rather than reach for the
+collected transport's settings.
 """
 
 from __future__ import annotations
@@ -197,6 +198,13 @@ class QoS(kombu_redis.QoS):
                 )
 
     def restore_by_tag(self, tag: str, client: Any = None, leftmost: bool = False) -> Any:
+        if client is None and self._gone():  # a requeue through a collected transport
+            log.warning(
+                "message %s left for restore after the visibility timeout: the broker "
+                "connection is gone",
+                tag,
+            )
+            return None
         self.settle()  # the message's record is in Redis before kombu reads it back
         return super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
 

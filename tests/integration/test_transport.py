@@ -156,6 +156,22 @@ def test_acks_through_a_channel_whose_transport_was_collected_are_left_to_the_re
         assert t.client.hexists(t.unacked, first) and t.client.hexists(t.unacked, then)
 
 
+def test_a_requeue_through_a_channel_whose_transport_was_collected_is_left_to_the_restore(
+    redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # a pool process lost after Celery reconnected: its message is rejected and requeued
+    # through the channel it came on, which is gone (kombu's restore raised AttributeError)
+    with taken(redis_url) as t:
+        t.qos.settle()
+        t.conn._do_close_transport()
+        t.conn.close()
+        t.message.reject(requeue=True)
+        tag = t.message.delivery_tag
+        assert f"message {tag} left for restore after the visibility timeout" in caplog.text
+        assert t.client.hexists(t.unacked, tag)  # restored from there after the timeout
+        assert t.client.llen(t.queue) == 0
+
+
 def _client_id(conn: Any) -> int:
     conn.send_command("CLIENT", "ID")
     return int(conn.read_response())

@@ -159,9 +159,13 @@ def test_pause_and_resume_with_the_buttons(dashboard: Dashboard, tmp_path: Path)
         expect(dash.page.locator("#execution-state")).to_have_text("completed")
         assert visible_actions(dash) == []
         assert dash.status(eid)["state"] == "completed"
-        changes = dash.page.locator('#timeline li[data-task=""]').evaluate_all(
-            "els => els.map(e => e.dataset.to)"
+        # the page reads the status and the history in two requests: the history's `completed`
+        # may come with the next poll (every 5 s once the execution ended)
+        timeline = dash.page.locator('#timeline li[data-task=""]')
+        expect(timeline.and_(dash.page.locator('[data-to="completed"]'))).to_have_count(
+            1, timeout=10_000
         )
+        changes = timeline.evaluate_all("els => els.map(e => e.dataset.to)")
         assert changes == ["created", "running", "paused", "running", "completed"]
         dash.screenshot("execution-resumed")
     finally:
