@@ -209,6 +209,7 @@ class QoS(kombu_redis.QoS):
         return super().restore_by_tag(tag, client, leftmost)  # type: ignore[no-untyped-call]
 
     def restore_unacked(self, client: Any = None) -> Any:
+        self.settle()  # the records are in Redis before kombu reads them back (else left)
         if client is None and self._gone():
             log.warning(
                 "%d unacknowledged message(s) left for restore after the visibility timeout: "
@@ -216,10 +217,7 @@ class QoS(kombu_redis.QoS):
                 len(self._delivered),
             )
             self._delivered.clear()
-            with self._flowq_lock:
-                self._settle()  # read if they can be; else left
             return []
-        self.settle()
         return super().restore_unacked(client)  # type: ignore[no-untyped-call]
 
     def _gone(self) -> bool:
