@@ -61,7 +61,7 @@ PUBLISH_BATCH = 25
 CLAIM_HOLD_SECONDS = 0.1
 # How long the successes of tasks without successors may wait to be committed together
 # (flowq.store.held's commit batches): FLOWQ_COMMIT_BATCH_SECONDS; 0 commits each by itself.
-COMMIT_BATCH_SECONDS = 0.01
+COMMIT_BATCH_SECONDS = 0.05
 # Marks of held claims outlive the broker's visibility timeout (the crashed message's
 # redelivery) and a day of waiting (a paused execution, a republish): see workers.markers.
 MARK_TTL_MIN_SECONDS = 24 * 3600.0
